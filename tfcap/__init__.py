@@ -1,0 +1,1 @@
+"""tfcap: image captioning with bottom-up features and an Up-Down attention LSTM."""
