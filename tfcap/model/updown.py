@@ -1,0 +1,251 @@
+"""The Up-Down decoder core (Anderson et al. 2018), one step at a time.
+
+Two LSTMs per step: the attention LSTM reads [previous language-LSTM output,
+mean region feature, word embedding]; its state queries additive attention over
+the regions; the language LSTM reads [attended regions, (attended past
+language-LSTM states,) attention-LSTM state] and its output is projected to
+vocabulary logits. The optional textual attention is the seed paper's second
+attention, `C_i = sum_j a_ij h_j` over the language LSTM's earlier outputs.
+
+Step state (a dict; every entry is batch-major so decoders can tile and
+reorder it per beam or sample):
+
+- `h_att`, `c_att`: float `[batch, rnn_size]`, attention-LSTM state.
+- `h_lang`, `c_lang`: float `[batch, rnn_size]`, language-LSTM state.
+- with `text_attention` only:
+  - `history`: float `[batch, max_len, rnn_size]`, `h_lang` of step `j` in row
+    `j` (a bounded buffer: steps `>= max_len` are not recorded).
+  - `history_keys`: float `[batch, max_len, att_hidden]`, their attention keys.
+  - `step`: int32 `[batch]`, index of the step about to run (same in every row).
+
+Static parts (the `precompute` dict, fixed for a whole caption):
+
+- `features`: float `[batch, regions, dim]`.
+- `keys`: float `[batch, regions, att_hidden]`, the projected regions.
+- `mean`: float `[batch, dim]`, mean over unpadded regions.
+- `mask`: bool `[batch, regions]`, False on padding.
+"""
+
+import functools
+
+import keras
+import tensorflow as tf
+
+from tfcap.model.attention import RegionAttention
+
+
+@keras.saving.register_keras_serializable(package="tfcap")
+class LSTMCell(keras.layers.Layer):
+    """One LSTM step as fused math: one Dense on `[inputs, h]` gives the 4 gates.
+
+    Args:
+        units: int. State width.
+        forget_bias: float. Added to the forget gate's pre-activation.
+
+    Call arguments:
+        inputs: float `[batch, input_dim]`.
+        h, c: float `[batch, units]`, the previous state.
+
+    Returns:
+        the new `h`, `c`, float `[batch, units]`.
+
+    >>> cell = LSTMCell(3)
+    >>> h, c = cell(tf.ones([2, 5]), tf.zeros([2, 3]), tf.zeros([2, 3]))
+    >>> h.shape, c.shape
+    (TensorShape([2, 3]), TensorShape([2, 3]))
+    """
+
+    def __init__(self, units, forget_bias=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.forget_bias = forget_bias
+        self.gates = keras.layers.Dense(4 * units, name="gates", dtype=self.dtype_policy)
+
+    def build(self, inputs_shape, h_shape=None, c_shape=None):
+        self.gates.build((None, inputs_shape[-1] + self.units))
+
+    def call(self, inputs, h, c):
+        gates = self.gates(tf.concat([inputs, h], axis=-1))  # [batch, 4 * units]
+        i, f, g, o = tf.split(gates, 4, axis=-1)  # [batch, units] each
+        c = tf.sigmoid(f + self.forget_bias) * c + tf.sigmoid(i) * tf.tanh(g)
+        h = tf.sigmoid(o) * tf.tanh(c)
+        return h, c
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "forget_bias": self.forget_bias}
+
+
+@keras.saving.register_keras_serializable(package="tfcap")
+class UpDownCore(keras.layers.Layer):
+    """Up-Down attention LSTM with optional textual attention; a step API.
+
+    Use: `static = core.precompute(features, region_mask)` once per image batch
+    (this also builds the layer), `state = core.initial_state(batch)`, then
+    `logits, state, weights = core.step(word_ids, state, static)` per word.
+    State and static keys: see the module docstring.
+
+    Args:
+        vocab_size: int. Output vocabulary, incl. `<pad>`, `<bos>`, `<eos>`, `<unk>`.
+        rnn_size: int. Width of both LSTMs.
+        embed_dim: int. Word embedding width.
+        att_hidden: int. Width of the attention MLPs.
+        dropout: float. Rate on the word embedding and on the language-LSTM
+            output before the logits.
+        text_attention: bool. Add attention over past language-LSTM outputs.
+        max_len: int. Length of the text-attention history buffer; at least the
+            number of decoding steps minus one (the longest caption, in words).
+
+    >>> core = UpDownCore(vocab_size=7, rnn_size=4, embed_dim=3, att_hidden=2)
+    >>> static = core.precompute(tf.zeros([2, 5, 6]), tf.ones([2, 5], tf.bool))
+    >>> state = core.initial_state(2)
+    >>> logits, state, weights = core.step(tf.constant([1, 1]), state, static)
+    >>> logits.shape, weights.shape, sorted(state)
+    (TensorShape([2, 7]), TensorShape([2, 5]), ['c_att', 'c_lang', 'h_att', 'h_lang'])
+    """
+
+    def __init__(
+        self,
+        vocab_size,
+        rnn_size=1000,
+        embed_dim=1000,
+        att_hidden=512,
+        dropout=0.5,
+        text_attention=False,
+        max_len=16,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.rnn_size = rnn_size
+        self.embed_dim = embed_dim
+        self.att_hidden = att_hidden
+        self.dropout = dropout
+        self.text_attention = text_attention
+        self.max_len = max_len
+        policy = self.dtype_policy
+        self.embedding = keras.layers.Embedding(vocab_size, embed_dim, name="embedding", dtype=policy)
+        self.att_lstm = LSTMCell(rnn_size, name="att_lstm", dtype=policy)
+        self.region_attention = RegionAttention(att_hidden, name="region_attention", dtype=policy)
+        if text_attention:
+            self.history_attention = RegionAttention(
+                att_hidden, name="history_attention", dtype=policy
+            )
+        self.lang_lstm = LSTMCell(rnn_size, name="lang_lstm", dtype=policy)
+        self.embed_dropout = keras.layers.Dropout(dropout, name="embed_dropout", dtype=policy)
+        self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout", dtype=policy)
+        self.logits = keras.layers.Dense(vocab_size, name="logits", dtype=policy)
+
+    def build(self, features_shape):
+        """Creates all weights; `features_shape` is `[batch, regions, dim]`."""
+        dim, rnn = features_shape[-1], self.rnn_size
+        self.embedding.build((None,))
+        self.att_lstm.build((None, rnn + dim + self.embed_dim))
+        self.region_attention.build((None, rnn), (None, None, dim))
+        lang_inputs = dim + rnn
+        if self.text_attention:
+            self.history_attention.build((None, rnn), (None, None, rnn))
+            lang_inputs += rnn
+        self.lang_lstm.build((None, lang_inputs))
+        self.logits.build((None, rnn))
+
+    def precompute(self, features, region_mask=None):
+        """Static parts for `step`, from features `[batch, regions, dim]`.
+
+        Args:
+            features: float `[batch, regions, dim]`, zero-padded.
+            region_mask: optional bool `[batch, regions]`, False on padding.
+
+        Returns:
+            dict with `features`, `keys`, `mean`, `mask` (module docstring).
+        """
+        if features.shape.rank != 3:
+            raise ValueError(f"features must be [batch, regions, dim], got {features.shape}")
+        if not self.built:
+            self.build(features.shape)
+        features = tf.cast(features, self.compute_dtype)
+        if region_mask is None:
+            region_mask = tf.ones(tf.shape(features)[:2], tf.bool)
+        weights = tf.cast(region_mask, features.dtype)[..., None]  # [batch, regions, 1]
+        count = tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)  # [batch, 1]
+        return {
+            "features": features,
+            "keys": self.region_attention.project(features),
+            "mean": tf.reduce_sum(features * weights, axis=1) / count,
+            "mask": tf.cast(region_mask, tf.bool),
+        }
+
+    def initial_state(self, batch_size):
+        """Zero state for `batch_size` (int or scalar tensor) rows; keys: module docstring."""
+        zeros = functools.partial(tf.zeros, dtype=self.compute_dtype)
+        state = {name: zeros([batch_size, self.rnn_size]) for name in _LSTM_KEYS}
+        if self.text_attention:
+            state["history"] = zeros([batch_size, self.max_len, self.rnn_size])
+            state["history_keys"] = zeros([batch_size, self.max_len, self.att_hidden])
+            state["step"] = tf.zeros([batch_size], tf.int32)
+        return state
+
+    def step(self, word_ids, state, static, training=False):
+        """One decoding step.
+
+        Args:
+            word_ids: int `[batch]`, the previous word (`<bos>` first).
+            state: dict, the step state (module docstring).
+            static: dict, the result of `precompute` for the same rows.
+            training: bool, enables dropout.
+
+        Returns:
+            logits float32 `[batch, vocab]`, the new state dict, and the region
+            attention weights float `[batch, regions]`.
+        """
+        words = self.embed_dropout(self.embedding(word_ids), training=training)  # [batch, embed]
+        att_inputs = tf.concat([state["h_lang"], static["mean"], words], axis=-1)
+        h_att, c_att = self.att_lstm(att_inputs, state["h_att"], state["c_att"])
+        context, weights = self.region_attention(
+            h_att, static["features"], static["mask"], keys=static["keys"]
+        )
+        new_state = {"h_att": h_att, "c_att": c_att}
+        lang_inputs = [context, h_att]
+        if self.text_attention:
+            step = state["step"]
+            past = tf.range(self.max_len)[None, :] < step[:, None]  # [batch, max_len]
+            text_context, _ = self.history_attention(
+                h_att, state["history"], past, keys=state["history_keys"]
+            )
+            lang_inputs.insert(1, text_context)
+        lang_inputs = tf.concat(lang_inputs, axis=-1)
+        h_lang, c_lang = self.lang_lstm(lang_inputs, state["h_lang"], state["c_lang"])
+        new_state.update(h_lang=h_lang, c_lang=c_lang)
+        if self.text_attention:
+            new_state.update(self._record(state, h_lang))
+        logits = self.logits(self.output_dropout(h_lang, training=training))
+        return tf.cast(logits, tf.float32), new_state, weights
+
+    def _record(self, state, h_lang):
+        """Writes `h_lang` and its keys into row `step` of the history buffers."""
+        write = tf.one_hot(state["step"], self.max_len, on_value=True, off_value=False)
+        write = write[:, :, None]  # [batch, max_len, 1]
+        keys = self.history_attention.project(h_lang[:, None, :])  # [batch, 1, att_hidden]
+        return {
+            "history": tf.where(write, h_lang[:, None, :], state["history"]),
+            "history_keys": tf.where(write, keys, state["history_keys"]),
+            "step": state["step"] + 1,
+        }
+
+    def call(self, word_ids, state, static, training=False):
+        """Same as `step`; build the layer first (`precompute` does)."""
+        return self.step(word_ids, state, static, training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "rnn_size": self.rnn_size,
+            "embed_dim": self.embed_dim,
+            "att_hidden": self.att_hidden,
+            "dropout": self.dropout,
+            "text_attention": self.text_attention,
+            "max_len": self.max_len,
+        }
+
+
+_LSTM_KEYS = ("h_att", "c_att", "h_lang", "c_lang")
