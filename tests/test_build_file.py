@@ -20,7 +20,6 @@ symlinks are resolved back to the checkout).
 from __future__ import annotations
 
 import ast
-import fnmatch
 import os
 import re
 from pathlib import Path
@@ -119,11 +118,10 @@ def _glob_match(pattern: str, path: str) -> bool:
         last = i == len(parts) - 1
         if part == "**":
             regex += ".*" if last else "(?:[^/]+/)*"
-        else:
-            regex += fnmatch.translate(part).replace(r"\z", "").replace("(?s:", "(?:")
-            regex = regex.replace(".*", "[^/]*")
-            if not last:
-                regex += "/"
+            continue
+        regex += "[^/]*".join(re.escape(piece) for piece in part.split("*"))
+        if not last:
+            regex += "/"
     return re.fullmatch(regex, path) is not None
 
 
@@ -245,3 +243,24 @@ def test_ci_runs_the_fast_subset():
     script = ROOT / ".ci" / "bazel_test"
     assert os.access(script, os.X_OK), f"{script} must be executable"
     assert "--test_tag_filters=fast" in script.read_text()
+
+
+@pytest.mark.skipif(
+    "TEST_SRCDIR" not in os.environ, reason="checks the environment under `bazel test`"
+)
+def test_bazel_runs_tests_with_the_venv_python_and_shared_data():
+    import sys
+
+    venv = Path(os.environ.get("TFCAP_VENV", ROOT / ".venv")).resolve()
+    assert Path(sys.prefix).resolve() == venv, (sys.prefix, venv)
+    # Tests and libraries come from the runfiles tree (declared deps), not the checkout.
+    import tfcap
+
+    assert Path(__file__).parent.parent != ROOT
+    assert Path(tfcap.__file__).parent.parent != ROOT
+    assert Path(tfcap.__file__).resolve() == ROOT / "tfcap" / "__init__.py"
+    assert os.environ["TMPDIR"] == os.environ["TEST_TMPDIR"]
+    shared = os.environ.get("TFCAP_SHARED_DATA")
+    if shared is None:
+        pytest.skip(f"no shared data beside the checkout ({ROOT.parent / 'shared' / 'data'})")
+    assert Path(shared).is_dir()

@@ -94,14 +94,10 @@ def _parse(
         raise _BadLine(
             f"boxes byte length: got {len(raw_boxes)}, expected num_boxes*4*4 = {count * 16}"
         )
-    if len(raw_feats) % (count * 4):
-        raise _BadLine(
-            f"features byte length: got {len(raw_feats)}, not a multiple of num_boxes*4 = "
-            f"{count * 4}"
-        )
-    got_dim = len(raw_feats) // (count * 4)
-    if got_dim == 0:
-        raise _BadLine("features byte length: got 0")
+    got_dim, rest = divmod(len(raw_feats), count * 4)
+    if rest or not got_dim:
+        want = f"num_boxes*{dim}*4 = {count * dim * 4}" if dim else "a multiple of num_boxes*4"
+        raise _BadLine(f"features byte length: got {len(raw_feats)}, expected {want}")
     if dim is not None and got_dim != dim:
         raise _BadLine(
             f"feature dim mismatch: {got_dim} ({len(raw_feats)} bytes for {count} boxes), "

@@ -118,8 +118,9 @@ def read_coco_annotations(
     """Reads a COCO caption annotation file (`captions_train2014.json`, ...).
 
     Args:
-        path: json with `images` (`id`, `file_name`, ...) and `annotations`
-            (`id`, `image_id`, `caption`).
+        path: json with `images` (`id`, and `file_name`: "" when absent, as in
+            files from `write_coco_annotations`) and `annotations` (`id`,
+            `image_id`, `caption`).
         skip_bad: what to do with an annotation that lacks a key, has a
             non-string caption or an `image_id` not in `images` (see `errors`):
             False raises, True or a `BadRecords` skips and counts.
@@ -138,10 +139,10 @@ def read_coco_annotations(
     _require(data, ["images", "annotations"], path, "top level")
     names: dict[int, str] = {}
     for index, image in enumerate(data["images"]):
-        _require(image, ["id", "file_name"], path, f"images[{index}]")
+        _require(image, ["id"], path, f"images[{index}]")
         if image["id"] in names:
             raise ValueError(f"{path}: images[{index}]: image id {image['id']} appears twice")
-        names[image["id"]] = image["file_name"]
+        names[image["id"]] = image.get("file_name", "")
     captions: dict[int, list[str]] = {image_id: [] for image_id in names}
     for index, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):

@@ -91,7 +91,13 @@ def check_shards(files: list[str]) -> int:
     return total
 
 
-def _parse_fn(meta: dict[str, Any], max_regions: int):
+def parser(meta: dict[str, Any], max_regions: int):
+    """The parse function `(path, index, serialized) -> example dict` of the pipeline.
+
+    Usable eagerly too. The example dict has the batch keys without the batch
+    dimension, except that captions are `caption_ids`, int64 ragged
+    `[captions, (tokens)]`, before selection and padding.
+    """
     dim, dtype = int(meta["feature_dim"]), meta["features_dtype"]
 
     def parse(path: tf.Tensor, index: tf.Tensor, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -215,7 +221,7 @@ def make_dataset(
     ds = ds.interleave(read, cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE)
     if input_context and input_context.num_input_pipelines > 1 and not per_file_shard:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    ds = ds.map(_parse_fn(meta, max_regions), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(parser(meta, max_regions), num_parallel_calls=tf.data.AUTOTUNE)
     if skip_bad_records:
         ds = ds.ignore_errors(log_warning=True)
     if shuffle:

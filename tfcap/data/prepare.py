@@ -21,6 +21,7 @@ import os
 
 from absl import app, flags, logging
 
+from tfcap import cli_flags
 from tfcap.data import butd_tsv, coco, errors, pipeline, records, shapes, vocab, writer
 
 _SOURCE = flags.DEFINE_enum(
@@ -88,7 +89,6 @@ _SHAPES_FEATURE_DIM = flags.DEFINE_integer(
 _SHAPES_MAX_REGIONS = flags.DEFINE_integer(
     "shapes_max_regions", 10, "Most regions per shapes scene.", lower_bound=4
 )
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the shapes source.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +140,7 @@ def _captions_and_source():
     if _SOURCE.value == "shapes":
         sizes = {k: int(v) for k, v in _parse_pairs(_SHAPES_SIZES.value, "shapes_sizes").items()}
         dim = _FEATURE_DIM.value or _SHAPES_FEATURE_DIM.value
-        src = ShapesSource(sizes, dim, _SEED.value, _SHAPES_MAX_REGIONS.value)
+        src = ShapesSource(sizes, dim, cli_flags.SEED.value, _SHAPES_MAX_REGIONS.value)
         return src.captions(), src
     if not _BUTD_TSV.value:
         raise app.UsageError(f"--source={_SOURCE.value} needs --butd_tsv feature files")

@@ -19,7 +19,6 @@ Everything is deterministic: scene `i` of `split` depends only on
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +48,7 @@ _TEXTURE = slice(_DISTRACTOR + 1, _DISTRACTOR + 1 + _TEXTURE_DIM)
 _INPUT_DIM = _TEXTURE.stop + _GEOMETRY_DIM
 _GEOMETRY_MEAN = np.array([0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.1], np.float32)
 _NOISE_STD = 0.2
+_SALIENCE_LARGE = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Region:
         box: (x1, y1, x2, y2) normalised to [0, 1].
         colour, shape, size: attribute words (None for distractors).
         row, col: grid cell, 0..2 from top / from left (-1 for distractors).
+        salience: how likely captions are to mention it (0 for distractors).
     """
 
     box: tuple[float, float, float, float]
@@ -67,6 +68,7 @@ class Region:
     size: str | None = None
     row: int = -1
     col: int = -1
+    salience: float = 0.0
 
     @property
     def is_distractor(self) -> bool:
@@ -95,7 +97,9 @@ def _check_args(split: str, num_scenes: int, seed: int, max_regions: int) -> int
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     if max_regions < 3:
-        raise ValueError(f"max_regions must be at least 3 (2 objects + 1 distractor), got {max_regions}")
+        raise ValueError(
+            f"max_regions must be at least 3 (2 objects + 1 distractor), got {max_regions}"
+        )
     return SPLITS.index(split)
 
 
@@ -111,7 +115,9 @@ def _sample_regions(rng: np.random.Generator, max_regions: int) -> list[Region]:
         cx, cy = (np.array([col, row]) + 0.5) / 3 + rng.uniform(-0.05, 0.05, 2)
         box = np.clip([cx - half, cy - half, cx + half, cy + half], 0.0, 1.0)
         colour, shape = COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))]
-        regions.append(Region(tuple(float(v) for v in box), colour, shape, size, row, col))
+        salience = float(rng.uniform(0.1, 1.0) ** 2 * (_SALIENCE_LARGE if size == "large" else 1.0))
+        box = tuple(float(v) for v in box)
+        regions.append(Region(box, colour, shape, size, row, col, salience))
     for _ in range(num_distractors):
         w, h = rng.uniform(0.2, 0.7, 2)
         x1, y1 = rng.uniform(0.0, 1.0 - w), rng.uniform(0.0, 1.0 - h)
@@ -123,8 +129,8 @@ def _sample_regions(rng: np.random.Generator, max_regions: int) -> list[Region]:
 
 
 def _salient(objs: Sequence[Region], k: int, rng: np.random.Generator) -> list[Region]:
-    """`k` distinct objects, large ones twice as likely as small ones."""
-    weights = np.array([2.0 if o.size == "large" else 1.0 for o in objs])
+    """`k` distinct objects, chosen with probability proportional to salience."""
+    weights = np.array([o.salience for o in objs])
     picks = rng.choice(len(objs), size=min(k, len(objs)), replace=False, p=weights / weights.sum())
     return [objs[i] for i in picks]
 
@@ -222,7 +228,9 @@ def _t_shape_count(objs, rng):  # "there are two circles: a red one and a small 
     same = [o for o in objs if o.shape == a.shape]
     if len(same) == 1:
         return f"there is only one {a.shape} and it is {a.colour}"
-    ones = [_a(f"{o.colour} one" if rng.random() < 0.6 else f"{o.size} {o.colour} one") for o in same]
+    ones = [
+        _a(f"{o.colour} one" if rng.random() < 0.6 else f"{o.size} {o.colour} one") for o in same
+    ]
     return f"there are {COUNT_WORDS[len(same)]} {a.shape}s: {_join(ones)}"
 
 

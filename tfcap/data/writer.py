@@ -138,6 +138,17 @@ def _progress(counter, total: int, futures, label: str) -> None:
         logging.info("%s: %d/%d images (%.0f/s, ETA %.0fs)", label, done, total, rate, eta)
 
 
+def _run_pool(tasks: list[_Task], total: int) -> list[dict[str, Any]]:
+    ctx = multiprocessing.get_context("spawn")
+    counter = ctx.Value("l", 0)
+    with concurrent.futures.ProcessPoolExecutor(
+        len(tasks), mp_context=ctx, initializer=_init_worker, initargs=(counter,)
+    ) as pool:
+        futures = [pool.submit(_write_worker, t) for t in tasks]
+        _progress(counter, total, futures, "writing shards")
+        return [f.result() for f in futures]
+
+
 def write_shards(
     source: Source,
     assignments: dict[int, Assignment],
@@ -161,26 +172,22 @@ def write_shards(
         for w in range(num_workers)
         if per_worker[w]
     ]
-    ctx = multiprocessing.get_context("spawn")
-    counter = ctx.Value("l", 0)
+    if len(tasks) == 1:  # in-process: no start-up cost, easier to debug
+        outs = [_write_worker(tasks[0])]
+    else:
+        outs = _run_pool(tasks, len(assignments))
     bad = errors.BadRecords(raise_errors=not skip_bad)
     stats: dict[str, dict[str, Any]] = {}
     missing: list[int] = []
     written: set[int] = set()
-    with concurrent.futures.ProcessPoolExecutor(
-        len(tasks), mp_context=ctx, initializer=_init_worker, initargs=(counter,)
-    ) as pool:
-        futures = [pool.submit(_write_worker, t) for t in tasks]
-        _progress(counter, len(assignments), futures, "writing shards")
-        for f in futures:
-            out = f.result()
-            stats.update(out["stats"])
-            missing += out["missing"]
-            written |= out["written"]
-            worker_bad = out["bad"]
-            bad.count += worker_bad.count
-            bad.by_reason.update(worker_bad.by_reason)
-            bad.examples = (bad.examples + worker_bad.examples)[: bad.max_examples]
+    for out in outs:
+        stats.update(out["stats"])
+        missing += out["missing"]
+        written |= out["written"]
+        worker_bad = out["bad"]
+        bad.count += worker_bad.count
+        bad.by_reason.update(worker_bad.by_reason)
+        bad.examples = (bad.examples + worker_bad.examples)[: bad.max_examples]
     if missing:
         for image_id in sorted(missing):
             a = assignments[image_id]

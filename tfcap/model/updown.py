@@ -123,7 +123,9 @@ class UpDownCore(keras.layers.Layer):
         self.text_attention = text_attention
         self.max_len = max_len
         policy = self.dtype_policy
-        self.embedding = keras.layers.Embedding(vocab_size, embed_dim, name="embedding", dtype=policy)
+        self.embedding = keras.layers.Embedding(
+            vocab_size, embed_dim, name="embedding", dtype=policy
+        )
         self.att_lstm = LSTMCell(rnn_size, name="att_lstm", dtype=policy)
         self.region_attention = RegionAttention(att_hidden, name="region_attention", dtype=policy)
         if text_attention:

@@ -1,0 +1,53 @@
+"""Shared fixtures: paths to the real data, and small prepared datasets."""
+
+import os
+import pathlib
+
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+import tfcap  # noqa: F401  (quiets TensorFlow's start-up logging before it loads)
+
+flags.FLAGS.mark_as_parsed()
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> pathlib.Path:
+    """`../shared/data` beside the repository, or $TFCAP_SHARED_DATA."""
+    env = os.environ.get("TFCAP_SHARED_DATA")
+    return pathlib.Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"real test data not found at {path} (set TFCAP_SHARED_DATA)")
+    return path
+
+
+def run_prepare(output_dir, **flag_values) -> dict:
+    """Runs tfcap.data.prepare in-process with these flags (strings, as on a command line)."""
+    from tfcap.data import prepare
+
+    values = {"output_dir": str(output_dir), "num_workers": "1", **flag_values}
+    with flagsaver.as_parsed(**{k: str(v) for k, v in values.items()}):
+        return prepare.prepare()
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> pathlib.Path:
+    """A tiny shapes dataset: 40/10/10 scenes, 16-d float32 features, 2 train shards."""
+    out = tmp_path_factory.mktemp("data") / "shapes"
+    run_prepare(
+        out,
+        source="shapes",
+        shapes_sizes="train=40,val=10,test=10",
+        shapes_feature_dim=16,
+        features_dtype="float32",
+        num_shards=2,
+        vocab_min_count=1,
+    )
+    return out

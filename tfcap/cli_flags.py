@@ -1,0 +1,19 @@
+"""Flags shared by several entry points, defined once.
+
+absl flags are process-global, and one process (a test run, a notebook) may
+import several entry points; each shared flag is defined here and imported by
+the entry points that use it. Library modules never import this.
+"""
+
+from absl import flags
+
+DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "A dataset directory written by tfcap.data.prepare."
+)
+MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "Training directory: checkpoints, TensorBoard logs, flags.txt."
+)
+BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 10, "Images per global batch (each with --seq_per_img captions).", lower_bound=1
+)
+SEED = flags.DEFINE_integer("seed", 0, "Random seed (data generation, shuffling, initialisation).")
