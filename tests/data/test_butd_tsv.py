@@ -227,6 +227,8 @@ def test_write_is_atomic(tmp_path):
         butd_tsv.write_tsv(path, records())
     nan = _record(rng, 2, 10, dim=8)
     nan.features[0, 0] = np.nan
-    with pytest.raises(ValueError, match=f"writing {re.escape(path)}: image 2: features contain"):
+    with pytest.raises(
+        ValueError, match=f"writing {re.escape(path)}: image 2: non-finite features"
+    ):
         butd_tsv.write_tsv(path, [_record(rng, 1, 10, dim=8), nan])
     assert os.listdir(tmp_path) == []

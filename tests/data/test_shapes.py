@@ -87,7 +87,7 @@ def test_record_shapes_dtypes_and_ranges():
     for split in shapes.SPLITS:
         for record in shapes.generate(split, 30, feature_dim=48):
             assert isinstance(record, ImageRecord)
-            record.validate("shapes")
+            record.validate()
             n = record.boxes.shape[0]
             assert 3 <= n <= 10
             assert record.boxes.dtype == np.float32 and record.features.dtype == np.float32

@@ -84,8 +84,10 @@ def test_text_attention_only_sees_past_steps():
     state = core.initial_state(2)
     noisy = dict(state, history=state["history"] + 3.0, history_keys=state["history_keys"] + 3.0)
     # Step 0: nothing recorded yet, the buffer's content must not matter.
-    np.testing.assert_array_equal(core.step(tf.constant([1, 1]), state, static)[0],
-                                  core.step(tf.constant([1, 1]), noisy, static)[0])
+    np.testing.assert_array_equal(
+        core.step(tf.constant([1, 1]), state, static)[0],
+        core.step(tf.constant([1, 1]), noisy, static)[0],
+    )
     _, state, _ = core.step(tf.constant([1, 1]), state, static)
     noisy = dict(state, history=state["history"] + 3.0, history_keys=state["history_keys"] + 3.0)
     a = core.step(tf.constant([5, 5]), state, static)[0]

@@ -246,7 +246,9 @@ def write_tsv(path: str, records: Iterable[ImageRecord], pixel_boxes: bool = Fal
     try:
         with open(tmp, "wb") as f:
             for record in records:
-                record.validate(where=f"writing {path}")
+                problem = record.problem()
+                if problem:
+                    raise ValueError(f"writing {path}: image {record.image_id}: {problem}")
                 f.write(_encode_line(record, pixel_boxes))
                 count += 1
         os.replace(tmp, path)

@@ -199,12 +199,14 @@ def prepare() -> dict:
     num_shards = _num_shards(split_images)
     assignments = {}
     order = {s: [im.image_id for im in ims] for s, ims in split_images.items()}
+    captions_by_image = {im.image_id: im.captions for ims in split_images.values() for im in ims}
     for image_id, split, shard in writer.iter_assigned(order, num_shards):
         if image_id in assignments:
             raise ValueError(
                 f"image {image_id} is in split {split} and {assignments[image_id].split}"
             )
-        assignments[image_id] = writer.Assignment(split, shard, ids_by_image[image_id])
+        captions, ids = captions_by_image[image_id], ids_by_image[image_id]
+        assignments[image_id] = writer.Assignment(split, shard, captions, ids)
     staging = writer.StagingDir(_OUTPUT_DIR.value, _OVERWRITE.value)
     try:
         workers = min(_NUM_WORKERS.value, sum(num_shards.values()))

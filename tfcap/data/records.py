@@ -46,21 +46,27 @@ class ImageRecord:
     features: np.ndarray
     captions: list[str] = dataclasses.field(default_factory=list)
 
-    def validate(self, where: str = "") -> None:
-        """Raises ValueError naming `where` when the arrays disagree."""
-        at = f"{where}: image {self.image_id}" if where else f"image {self.image_id}"
+    def problem(self) -> str | None:
+        """What is wrong with the arrays ("reason: detail"), or None."""
         boxes, feats = np.asarray(self.boxes), np.asarray(self.features)
         if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"{at}: boxes must be [regions, 4], got shape {boxes.shape}")
+            return f"bad boxes: must be [regions, 4], got shape {boxes.shape}"
         if feats.ndim != 2 or feats.shape[0] != boxes.shape[0]:
-            raise ValueError(
-                f"{at}: features must be [regions, dim] with {boxes.shape[0]} regions, "
+            return (
+                f"bad features: must be [regions, dim] with {boxes.shape[0]} regions, "
                 f"got shape {feats.shape}"
             )
         if boxes.shape[0] == 0:
-            raise ValueError(f"{at}: no regions")
+            return "no regions: an image needs at least one region"
         if not np.all(np.isfinite(feats)):
-            raise ValueError(f"{at}: features contain NaN or Inf")
+            return "non-finite features: NaN or Inf"
+        return None
+
+    def validate(self) -> None:
+        """Raises ValueError naming the image when the arrays disagree."""
+        problem = self.problem()
+        if problem:
+            raise ValueError(f"image {self.image_id}: {problem}")
 
 
 def _int64(values) -> tf.train.Feature:

@@ -39,6 +39,7 @@ class Assignment:
 
     split: str
     shard: int
+    captions: tuple[str, ...]
     caption_ids: tuple[tuple[int, ...], ...]
 
 
@@ -79,16 +80,14 @@ def _write_worker(task: _Task) -> dict[str, Any]:
             a = task.assignments.get(record.image_id)
             if a is None or record.image_id in seen:
                 continue
-            try:
-                record.validate(where)
-                example = records.to_example(
-                    dataclasses.replace(record),
-                    [list(i) for i in a.caption_ids],
-                    task.features_dtype,
-                )
-            except ValueError as e:
-                bad.add(where, str(e))
+            record = dataclasses.replace(record, captions=list(a.captions))
+            problem = record.problem()
+            if problem:
+                bad.add(where, problem)
                 continue
+            example = records.to_example(
+                record, [list(i) for i in a.caption_ids], task.features_dtype
+            )
             seen.add(record.image_id)
             key = (a.split, a.shard)
             if key not in writers:

@@ -17,6 +17,7 @@ Decoding cache (`initial_cache`, `decode_step`), the step-function contract of
 import keras
 import tensorflow as tf
 
+from tfcap.data.vocab import BOS_ID, EOS_ID
 from tfcap.decoding.beam import beam_search
 from tfcap.decoding.greedy import greedy
 from tfcap.decoding.sampling import as_seed, sample
@@ -166,11 +167,16 @@ class Captioner(keras.Model):
             logits_ta,
             attention_ta,
         )
-        *_, logits_ta, attention_ta = tf.while_loop(lambda t, *_: t < steps, body, loop_vars)
+        # maximum_iterations: XLA needs it to size the gradient's accumulators.
+        *_, logits_ta, attention_ta = tf.while_loop(
+            lambda t, *_: t < steps, body, loop_vars, maximum_iterations=steps
+        )
         logits = tf.transpose(logits_ta.stack(), [1, 0, 2])  # [rows, time, vocab]
         return logits, tf.transpose(attention_ta.stack(), [1, 0, 2])
 
-    def sequence_log_probs(self, features, region_mask, ids, training=False, bos_id=1, eos_id=2):
+    def sequence_log_probs(
+        self, features, region_mask, ids, training=False, bos_id=BOS_ID, eos_id=EOS_ID
+    ):
         """Log-probabilities of given captions (e.g. samples, for SCST), differentiable.
 
         Args:
@@ -217,8 +223,8 @@ class Captioner(keras.Model):
         num_samples=1,
         temperature=1.0,
         seed=None,
-        bos_id=1,
-        eos_id=2,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
     ):
         """Captions for `features` `[batch, regions, dim]`, in-graph.
 
