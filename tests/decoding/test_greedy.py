@@ -77,7 +77,9 @@ def test_padded_regions_get_zero_attention_and_ids_padded():
     ids, log_probs, attention = model.generate(features, mask, method="greedy")
     assert ids.shape == [3, 6] and log_probs.shape == [3] and attention.shape == [3, 6, 4]
     assert np.all(attention.numpy()[0, :, 2:] == 0.0) and np.all(attention.numpy()[2, :, 3] == 0)
+    assert not np.any(ids.numpy() == 1)  # <bos> is never produced
     for row, att in zip(ids.numpy(), attention.numpy(), strict=True):
+        assert 0 not in row or np.all(row[list(row).index(0) :] == 0)  # <pad> only at the end
         if 2 in row:
             end = list(row).index(2)
             assert np.all(row[end + 1 :] == 0) and np.all(att[end + 1 :] == 0)

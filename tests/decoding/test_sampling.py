@@ -57,6 +57,8 @@ def test_seeded_determinism_and_frequencies():
     assert abs(np.mean(a.ids.numpy() == 4) - 0.75) < 0.05
     with pytest.raises(ValueError, match="seed"):
         sample(step_fn, {}, batch_size=1, max_len=2, seed=tf.constant([1, 2, 3]))
+    with pytest.raises(ValueError, match="temperature"):
+        sample(step_fn, {}, batch_size=1, max_len=2, temperature=0.0)
 
 
 def test_low_temperature_is_greedy():

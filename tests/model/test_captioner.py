@@ -52,6 +52,20 @@ def test_call_shapes_and_zero_attention_on_padding(text_attention):
     np.testing.assert_array_equal(model(flat)[0], logits)
 
 
+def test_dynamic_shapes_match_eager():
+    model = _model(text_attention=True)
+    batch = _batch()
+    args = batch["features"], batch["region_mask"], batch["captions"]
+    spec = [
+        tf.TensorSpec([None, None, 3]),
+        tf.TensorSpec([None, None], tf.bool),
+        tf.TensorSpec([None, None, None], tf.int32),
+    ]
+    run = tf.function(lambda *a: model.teacher_forcing(*a), input_signature=spec)
+    for got, want in zip(run(*args), model.teacher_forcing(*args), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_features_are_tiled_per_caption():
     model = _model()
     batch = _batch()

@@ -56,6 +56,7 @@ def test_step_shapes_and_zero_weight_on_padding(text_attention):
     outputs, state = _run(core, [1, 5, 6], static)
     for logits, weights in outputs:
         assert logits.shape == [2, 9] and logits.dtype == tf.float32
+        assert np.all(logits.numpy()[:, :2] == -1e9)  # <pad>, <bos> never predicted
         assert weights.shape == [2, 4] and weights.numpy()[0, 3] == 0.0
     keys = {"h_att", "c_att", "h_lang", "c_lang"}
     if text_attention:

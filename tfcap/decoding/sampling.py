@@ -72,6 +72,8 @@ def sample(
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    if isinstance(temperature, float | int) and temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
     seed = as_seed(seed)
     cache = tf.nest.map_structure(lambda x: tf.repeat(x, num_samples, axis=0), cache)
     temperature = tf.cast(temperature, tf.float32)

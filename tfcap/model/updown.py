@@ -29,8 +29,10 @@ Static parts (the `precompute` dict, fixed for a whole caption):
 import functools
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from tfcap.data.vocab import BOS_ID, PAD_ID
 from tfcap.model.attention import RegionAttention
 
 
@@ -94,6 +96,9 @@ class UpDownCore(keras.layers.Layer):
         text_attention: bool. Add attention over past language-LSTM outputs.
         max_len: int. Length of the text-attention history buffer; at least the
             number of decoding steps minus one (the longest caption, in words).
+        suppressed_ids: sequence of int. Tokens never predicted: their logits
+            are set to -1e9 (default `<pad>` and `<bos>`), in training and decoding
+            alike, so sampled and re-scored log-probabilities agree.
 
     >>> core = UpDownCore(vocab_size=7, rnn_size=4, embed_dim=3, att_hidden=2)
     >>> static = core.precompute(tf.zeros([2, 5, 6]), tf.ones([2, 5], tf.bool))
@@ -112,6 +117,7 @@ class UpDownCore(keras.layers.Layer):
         dropout=0.5,
         text_attention=False,
         max_len=16,
+        suppressed_ids=(PAD_ID, BOS_ID),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -122,6 +128,7 @@ class UpDownCore(keras.layers.Layer):
         self.dropout = dropout
         self.text_attention = text_attention
         self.max_len = max_len
+        self.suppressed_ids = tuple(int(i) for i in suppressed_ids)
         policy = self.dtype_policy
         self.embedding = keras.layers.Embedding(
             vocab_size, embed_dim, name="embedding", dtype=policy
@@ -196,8 +203,8 @@ class UpDownCore(keras.layers.Layer):
             training: bool, enables dropout.
 
         Returns:
-            logits float32 `[batch, vocab]`, the new state dict, and the region
-            attention weights float `[batch, regions]`.
+            logits float32 `[batch, vocab]` (-1e9 at `suppressed_ids`), the new
+            state dict, and the region attention weights float `[batch, regions]`.
         """
         words = self.embed_dropout(self.embedding(word_ids), training=training)  # [batch, embed]
         att_inputs = tf.concat([state["h_lang"], static["mean"], words], axis=-1)
@@ -220,7 +227,13 @@ class UpDownCore(keras.layers.Layer):
         if self.text_attention:
             new_state.update(self._record(state, h_lang))
         logits = self.logits(self.output_dropout(h_lang, training=training))
-        return tf.cast(logits, tf.float32), new_state, weights
+        return self._suppress(tf.cast(logits, tf.float32)), new_state, weights
+
+    def _suppress(self, logits):
+        if not self.suppressed_ids:
+            return logits
+        hit = np.isin(np.arange(self.vocab_size), self.suppressed_ids)  # [vocab]
+        return tf.where(tf.constant(hit), _SUPPRESSED_LOGIT, logits)
 
     def _record(self, state, h_lang):
         """Writes `h_lang` and its keys into row `step` of the history buffers."""
@@ -247,7 +260,9 @@ class UpDownCore(keras.layers.Layer):
             "dropout": self.dropout,
             "text_attention": self.text_attention,
             "max_len": self.max_len,
+            "suppressed_ids": list(self.suppressed_ids),
         }
 
 
 _LSTM_KEYS = ("h_att", "c_att", "h_lang", "c_lang")
+_SUPPRESSED_LOGIT = -1e9

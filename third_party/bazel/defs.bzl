@@ -65,3 +65,16 @@ def tfcap_py_tests(srcs, fast = [], overrides = {}, deps = [], data = [], tags =
         extra["data"] = data + o.get("data", [])
         extra["deps"] = deps + o.get("deps", [])
         tfcap_py_test(src, **extra)
+
+def tfcap_py_doctest(name, packages, **kwargs):
+    """A py_test running the `>>>` examples of every module in `packages` (dirs)."""
+    native.py_test(
+        name = name,
+        srcs = [_RUNNER],
+        main = _RUNNER,
+        args = ["--doctest-modules"] + packages,
+        python_version = "PY3",
+        srcs_version = "PY3",
+        legacy_create_init = False,
+        **kwargs
+    )

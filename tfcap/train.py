@@ -1,0 +1,273 @@
+r"""Trains a captioner: phases xe (cross-entropy), resumable, under a tf.distribute strategy.
+
+  python -m tfcap.train --flagfile=configs/demo.flags
+  python -m tfcap.train --data_dir=DATA --model_dir=RUN --preset=updown --epochs=30
+
+Running the same command again resumes from MODEL_DIR/ckpt. MODEL_DIR/flags.txt
+replays a run: --flagfile=MODEL_DIR/flags.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags, logging
+
+from tfcap import cli_flags, distribute
+
+PHASES = ("xe",)
+
+_PHASES = flags.DEFINE_list("phases", ["xe"], f"Training phases to run in order, of {PHASES}.")
+_PRESET = flags.DEFINE_enum(
+    "preset", "demo", ["updown", "multiatt", "demo"], "Model sizes (tfcap.model.presets)."
+)
+_TEXT_ATTENTION = flags.DEFINE_bool(
+    "text_attention", None, "Override the preset: the seed paper's attention over past states."
+)
+_DROPOUT = flags.DEFINE_float("dropout", None, "Override the preset's dropout.", lower_bound=0)
+_STRATEGY = flags.DEFINE_enum(
+    "strategy", "default", list(distribute.STRATEGIES), "tf.distribute strategy."
+)
+_NUM_DEVICES = flags.DEFINE_integer(
+    "num_devices",
+    1,
+    "Replicas for --strategy=mirrored (logical CPU devices without GPUs).",
+    lower_bound=1,
+)
+_SEQ_PER_IMG = flags.DEFINE_integer(
+    "seq_per_img", 5, "Captions per image in a batch.", lower_bound=1
+)
+_EPOCHS = flags.DEFINE_float(
+    "epochs", 30, "XE epochs (ignored when --train_steps > 0).", lower_bound=0
+)
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 0, "XE steps; 0: use --epochs.", lower_bound=0)
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 5e-4, "XE Adam learning rate.", lower_bound=0)
+_LR_DECAY_EPOCHS = flags.DEFINE_float(
+    "lr_decay_epochs", 3, "Decay the learning rate every this many epochs.", lower_bound=0
+)
+_LR_DECAY_RATE = flags.DEFINE_float(
+    "lr_decay_rate", 0.8, "Learning-rate decay factor.", lower_bound=0
+)
+_GRAD_CLIP = flags.DEFINE_float(
+    "grad_clip", 0.1, "Gradient clip threshold (0: off).", lower_bound=0
+)
+_GRAD_CLIP_MODE = flags.DEFINE_enum(
+    "grad_clip_mode", "value", ["value", "norm"], "Clip element-wise or by global norm."
+)
+_LABEL_SMOOTHING = flags.DEFINE_float(
+    "label_smoothing", 0.0, "XE label smoothing.", lower_bound=0, upper_bound=0.99
+)
+_SS_START = flags.DEFINE_integer(
+    "scheduled_sampling_start", 0, "Epoch scheduled sampling starts (-1: off).", lower_bound=-1
+)
+_SS_EVERY = flags.DEFINE_integer(
+    "scheduled_sampling_every",
+    5,
+    "Raise the sampling probability every this many epochs.",
+    lower_bound=1,
+)
+_SS_INCREASE = flags.DEFINE_float(
+    "scheduled_sampling_increase", 0.05, "Raise it by this much.", lower_bound=0
+)
+_SS_MAX = flags.DEFINE_float(
+    "scheduled_sampling_max", 0.25, "Up to this probability.", lower_bound=0, upper_bound=1
+)
+_LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between progress lines.", lower_bound=1)
+_EVAL_EVERY = flags.DEFINE_integer(
+    "eval_every", 500, "Steps between validations (CIDEr-D on val).", lower_bound=1
+)
+_CKPT_EVERY = flags.DEFINE_integer(
+    "checkpoint_every", 500, "Steps between checkpoints.", lower_bound=1
+)
+_KEEP = flags.DEFINE_integer("keep_checkpoints", 3, "Latest checkpoints kept.", lower_bound=1)
+_VAL_IMAGES = flags.DEFINE_integer(
+    "val_images", 500, "Val images decoded per validation (0: all).", lower_bound=0
+)
+_VAL_BEAM = flags.DEFINE_integer(
+    "val_beam_size", 1, "Beam size of validation decoding (1: greedy).", lower_bound=1
+)
+_DETERMINISTIC = flags.DEFINE_bool(
+    "deterministic", False, "Deterministic ops and input order (slower)."
+)
+_FINAL_METRICS = flags.DEFINE_bool(
+    "final_metrics", True, "Full pycocoevalcap scores on val at the end of each phase."
+)
+
+
+@flags.validator("phases", message=f"--phases must be a list of {PHASES}")
+def _check_phases(values):
+    return bool(values) and all(v in PHASES for v in values)
+
+
+def _run_config():
+    from tfcap.training.loop import RunConfig
+
+    return RunConfig(
+        model_dir=cli_flags.MODEL_DIR.value,
+        data_dir=cli_flags.DATA_DIR.value,
+        batch_size=cli_flags.BATCH_SIZE.value,
+        seq_per_img=_SEQ_PER_IMG.value,
+        seed=cli_flags.SEED.value,
+        deterministic=_DETERMINISTIC.value,
+        log_every=_LOG_EVERY.value,
+        eval_every=_EVAL_EVERY.value,
+        checkpoint_every=_CKPT_EVERY.value,
+        keep_checkpoints=_KEEP.value,
+        val_images=_VAL_IMAGES.value,
+        val_beam_size=_VAL_BEAM.value,
+    )
+
+
+def _build_model(trainer_meta):
+    from tfcap.model.captioner import Captioner
+
+    overrides = {"max_len": trainer_meta["max_caption_len"]}
+    if _TEXT_ATTENTION.value is not None:
+        overrides["text_attention"] = _TEXT_ATTENTION.value
+    if _DROPOUT.value is not None:
+        overrides["dropout"] = _DROPOUT.value
+    model = Captioner.from_preset(_PRESET.value, trainer_meta["vocab_size"], **overrides)
+    model.build((None, None, trainer_meta["feature_dim"]))
+    return model
+
+
+def _write_flags(model_dir: str) -> None:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "flags.txt"), "w", encoding="utf-8") as f:
+        f.write(flags.FLAGS.flags_into_string())
+
+
+def _check_model_dir(model_dir: str, model) -> None:
+    """Refuses to resume a model dir trained with a different model config."""
+    from tfcap import checkpoints
+
+    path = os.path.join(model_dir, checkpoints.MODEL_JSON)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)["captioner"]
+        new = model.get_config()
+        diff = {
+            k: (old.get(k), new.get(k))
+            for k in set(old) | set(new)
+            if k not in ("name", "trainable", "dtype") and old.get(k) != new.get(k)
+        }
+        if diff:
+            raise app.UsageError(
+                f"{path}: this model dir holds a different model ({diff}); "
+                "use a new --model_dir or the original flags (--flagfile={model_dir}/flags.txt)"
+            )
+
+
+def run_xe(trainer) -> None:
+    """The XE phase: teacher forcing until --train_steps / --epochs."""
+    import keras
+    import tensorflow as tf
+
+    from tfcap.training import xe
+
+    spe = trainer.steps_per_epoch()
+    total = _TRAIN_STEPS.value or int(round(_EPOCHS.value * spe))
+    with trainer.strategy.scope():
+        schedule = keras.optimizers.schedules.ExponentialDecay(
+            _LEARNING_RATE.value,
+            max(1, int(_LR_DECAY_EPOCHS.value * spe)),
+            _LR_DECAY_RATE.value,
+            staircase=True,
+        )
+        optimizer = keras.optimizers.Adam(schedule)
+        optimizer.build(trainer.model.trainable_variables)
+    step = trainer.restore(xe_optimizer=optimizer)
+    config = xe.XEConfig(_LABEL_SMOOTHING.value, _GRAD_CLIP.value, _GRAD_CLIP_MODE.value)
+    train_step = xe.make_xe_step(trainer.strategy, trainer.model, optimizer, config)
+    run = trainer.run
+    logging.info(
+        "xe: %d steps (%d per epoch), batch %d images x %d captions",
+        total,
+        spe,
+        run.batch_size,
+        run.seq_per_img,
+    )
+    while step < total:
+        epoch, offset = divmod(step, spe)
+        prob = xe.scheduled_sampling_prob(
+            epoch, _SS_START.value, _SS_EVERY.value, _SS_INCREASE.value, _SS_MAX.value
+        )
+        iterator = trainer.epoch_iterator(epoch, offset)
+        for _ in range(min(spe - offset, total - step)):
+            seed = tf.constant([run.seed, step], tf.int64)
+            loss, norm = train_step(next(iterator), tf.constant(prob, tf.float32), seed)
+            trainer.step.assign_add(1)
+            step += 1
+            if step % run.log_every == 0 or step == total:
+                lr = float(schedule(optimizer.iterations))
+                trainer.progress(
+                    "xe",
+                    total,
+                    {"loss": float(loss), "lr": lr, "grad_norm": float(norm), "sample_prob": prob},
+                )
+            if step % run.eval_every == 0 or step == total:
+                trainer.validate("xe")
+            if step % run.checkpoint_every == 0 or step == total:
+                trainer.save()
+
+
+def final_scores(trainer, phase: str) -> dict:
+    """pycocoevalcap scores on all of val with the best checkpoint's weights."""
+    from tfcap import metrics
+
+    decoded = trainer.decode_val(None)
+    refs = {int(i): trainer.val_refs[int(i)] for i in decoded.image_ids}
+    cands = {int(i): c for i, c in zip(decoded.image_ids, decoded.captions, strict=True)}
+    scores = metrics.score_captions(refs, cands)
+    trainer.log_scalars(
+        "val", {f"{phase}/final/{k}": v for k, v in scores.items() if isinstance(v, float)}
+    )
+    if trainer.chief:
+        with open(os.path.join(trainer.run.model_dir, f"scores_{phase}_val.json"), "w") as f:
+            json.dump(scores, f, indent=1)
+    return scores
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    for holder in (cli_flags.DATA_DIR, cli_flags.MODEL_DIR):
+        if not holder.value:
+            raise app.UsageError(f"--{holder.name} is required")
+    strategy = distribute.make_strategy(_STRATEGY.value, _NUM_DEVICES.value)  # before any TF op
+    import keras
+    import tensorflow as tf
+
+    from tfcap import checkpoints
+    from tfcap.training.loop import Trainer
+
+    if _DETERMINISTIC.value:
+        keras.utils.set_random_seed(cli_flags.SEED.value)
+        tf.config.experimental.enable_op_determinism()
+    run = _run_config()
+    with strategy.scope():
+        from tfcap.data import pipeline
+
+        model = _build_model(pipeline.load_metadata(run.data_dir))
+    _check_model_dir(run.model_dir, model)
+    trainer = Trainer(strategy, model, run)
+    if trainer.chief:
+        _write_flags(run.model_dir)
+        checkpoints.write_model_files(run.model_dir, model, run.data_dir)
+    logging.info(
+        "model: %s, %d parameters, %d replicas",
+        _PRESET.value,
+        model.count_params(),
+        strategy.num_replicas_in_sync,
+    )
+    for phase in _PHASES.value:
+        if phase == "xe":
+            run_xe(trainer)
+        if _FINAL_METRICS.value:
+            scores = final_scores(trainer, phase)
+            print(json.dumps({"phase": phase, "split": "val", **scores}))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Training phases: cross-entropy (xe), self-critical (scst) and adversarial (gan)."""

@@ -1,0 +1,242 @@
+"""The training run: state, checkpoints, input per epoch, validation, logging.
+
+One `Trainer` holds what every phase shares: the strategy, the model, the
+step counter, checkpoint managers (latest and best-by-validation-CIDEr),
+TensorBoard writers, and the validation routine. A phase (`tfcap.training.xe`,
+later scst and gan) supplies its step function and its own optimizer.
+
+Resume is exact: the latest checkpoint holds every variable and the global
+step; the input of epoch `e` is shuffled with seed `seed + e` and resumes by
+skipping the batches already consumed in that epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfcap import checkpoints, distribute, inference, viz
+from tfcap.data import pipeline, vocab
+from tfcap.model.captioner import Captioner
+from tfcap.rewards import cider
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What a run needs beyond the model (train.py builds it from flags)."""
+
+    model_dir: str
+    data_dir: str
+    batch_size: int = 10
+    seq_per_img: int = 5
+    seed: int = 0
+    deterministic: bool = False
+    log_every: int = 50
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    val_images: int = 500
+    val_batch_size: int = 50
+    val_beam_size: int = 1
+
+
+class Trainer:
+    """Shared state and services of a training run (module docstring)."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, model: Captioner, run: RunConfig):
+        self.strategy, self.model, self.run = strategy, model, run
+        self.meta = pipeline.load_metadata(run.data_dir)
+        self.words = pipeline.load_vocab(run.data_dir, self.meta)
+        self.chief = distribute.is_chief(strategy)
+        with strategy.scope():
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.trackables: dict[str, Any] = {"model": model, "step": self.step}
+        self.best_score = -np.inf
+        self.val_refs = inference.references(run.data_dir, "val")
+        self._val_cider = None
+        self._generate = None
+        self._writers = {}
+        self._last_log = (time.time(), 0)
+
+    # -- checkpoints ---------------------------------------------------------
+    def _dir(self, sub: str) -> str:
+        if self.chief:
+            return os.path.join(self.run.model_dir, sub)
+        worker = self.strategy.cluster_resolver.task_id
+        return os.path.join(self.run.model_dir, f".worker{worker}", sub)
+
+    def _manager(self, sub: str, keep: int, **objects) -> tf.train.CheckpointManager:
+        ckpt = tf.train.Checkpoint(**objects)
+        return tf.train.CheckpointManager(ckpt, self._dir(sub), max_to_keep=keep)
+
+    def restore(self, **extra) -> int:
+        """Adds `extra` trackables (optimizers) and restores the latest checkpoint."""
+        self.trackables.update(extra)
+        self.latest = self._manager(
+            checkpoints.LATEST, self.run.keep_checkpoints, **self.trackables
+        )
+        self.best = self._manager(checkpoints.BEST, 1, model=self.model, step=self.step)
+        best_json = os.path.join(self.run.model_dir, "best.json")
+        if os.path.exists(best_json):
+            with open(best_json, encoding="utf-8") as f:
+                self.best_score = json.load(f)["CIDEr"]
+        if self.latest.latest_checkpoint:
+            self.latest.checkpoint.restore(self.latest.latest_checkpoint).assert_consumed()
+            logging.info(
+                "resumed from %s at step %d", self.latest.latest_checkpoint, self.step.numpy()
+            )
+        return int(self.step.numpy())
+
+    def save(self) -> None:
+        path = self.latest.save(checkpoint_number=self.step)
+        logging.info("saved %s", path)
+
+    # -- input ---------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        images = self.meta["splits"]["train"]["images"]
+        steps = images // self.run.batch_size
+        if steps < 1:
+            raise ValueError(
+                f"--batch_size={self.run.batch_size} exceeds the {images} train images"
+            )
+        return steps
+
+    def epoch_iterator(self, epoch: int, skip: int):
+        """The distributed input of `epoch`, after `skip` batches."""
+        run = self.run
+
+        def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+            ds = pipeline.make_dataset(
+                run.data_dir,
+                "train",
+                run.batch_size,
+                seq_per_img=run.seq_per_img,
+                shuffle=True,
+                seed=run.seed + epoch,
+                deterministic=run.deterministic,
+                drop_remainder=True,
+                input_context=ctx,
+            )
+            return ds.skip(skip)
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    # -- logging -------------------------------------------------------------
+    def writer(self, name: str):
+        if name not in self._writers:
+            logdir = self._dir(name)
+            self._writers[name] = tf.summary.create_file_writer(logdir)
+        return self._writers[name]
+
+    def log_scalars(self, name: str, scalars: dict[str, float], step: int | None = None) -> None:
+        step = int(self.step.numpy()) if step is None else step
+        with self.writer(name).as_default(step=step):
+            for key, value in scalars.items():
+                tf.summary.scalar(key, value)
+
+    def progress(self, phase: str, total: int, scalars: dict[str, float]) -> None:
+        """Logs a progress line and TensorBoard scalars (every `log_every` steps)."""
+        step = int(self.step.numpy())
+        now = time.time()
+        then, then_step = self._last_log
+        rate = (step - then_step) / max(now - then, 1e-9)
+        self._last_log = (now, step)
+        images = rate * self.run.batch_size
+        eta = (total - step) / rate if rate > 0 else float("nan")
+        scalars = {**scalars, "examples_per_s": images}
+        self.log_scalars("train", {f"{phase}/{k}": v for k, v in scalars.items()})
+        parts = " ".join(f"{k} {v:.4g}" for k, v in scalars.items() if k != "examples_per_s")
+        logging.info(
+            "%s step %d/%d (epoch %.2f) %s | %.1f img/s | ETA %s",
+            phase,
+            step,
+            total,
+            step / self.steps_per_epoch(),
+            parts,
+            images,
+            _fmt_seconds(eta),
+        )
+
+    # -- validation ----------------------------------------------------------
+    def decode_val(self, max_images: int | None) -> inference.Decoded:
+        if self._generate is None:
+            method = "beam" if self.run.val_beam_size > 1 else "greedy"
+            self._generate = inference.make_generate_fn(
+                self.model, method, self.run.val_beam_size, 0.0, self.model.max_len
+            )
+        return inference.decode_split(
+            self.model,
+            self.words,
+            self.run.data_dir,
+            "val",
+            batch_size=self.run.val_batch_size,
+            max_images=max_images,
+            generate_fn=self._generate,
+        )
+
+    def validate(self, phase: str) -> float:
+        """Fast in-process CIDEr-D on val; keeps the best checkpoint. Returns CIDEr."""
+        decoded = self.decode_val(self.run.val_images or None)
+        if self._val_cider is None:
+            refs = [self._tokenized(self.val_refs[int(i)]) for i in decoded.image_ids]
+            self._val_cider = (cider.CiderD(refs), refs)
+        scorer, refs = self._val_cider
+        score = float(scorer.score([self._tokenized([c])[0] for c in decoded.captions], refs)[0])
+        step = int(self.step.numpy())
+        self.log_scalars("val", {f"{phase}/CIDEr": score})
+        self._log_examples(decoded, step)
+        logging.info("%s step %d: val CIDEr-D %.4f (%d images)", phase, step, score, len(refs))
+        if score > self.best_score:
+            self.best_score = score
+            self.best.save(checkpoint_number=self.step)
+            if self.chief:
+                _write_json(
+                    os.path.join(self.run.model_dir, "best.json"),
+                    {"step": step, "phase": phase, "CIDEr": score, "val_images": len(refs)},
+                )
+        return score
+
+    @staticmethod
+    def _tokenized(texts: list[str]) -> list[str]:
+        return [" ".join(t) for t in vocab.tokenize_py(texts)]
+
+    def _log_examples(self, decoded: inference.Decoded, step: int, count: int = 3) -> None:
+        rows = []
+        for i in range(min(count, len(decoded.captions))):
+            refs = self.val_refs[int(decoded.image_ids[i])]
+            rows.append(f"| {decoded.image_ids[i]} | {decoded.captions[i]} | {refs[0]} |")
+        table = "| image | generated | a reference |\n|---|---|---|\n" + "\n".join(rows)
+        words = decoded.captions[0].split()
+        picture = viz.attention_grid(
+            None,
+            decoded.boxes[0],
+            words,
+            decoded.attention[0],
+            region_mask=decoded.region_mask[0],
+            title=decoded.captions[0],
+        )
+        with self.writer("val").as_default(step=step):
+            tf.summary.text("samples", table)
+            tf.summary.image("attention", picture[None], max_outputs=1)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
