@@ -84,6 +84,9 @@ _KEEP = flags.DEFINE_integer("keep_checkpoints", 3, "Latest checkpoints kept.", 
 _VAL_IMAGES = flags.DEFINE_integer(
     "val_images", 500, "Val images decoded per validation (0: all).", lower_bound=0
 )
+_VAL_BATCH = flags.DEFINE_integer(
+    "val_batch_size", 50, "Images per validation batch.", lower_bound=1
+)
 _VAL_BEAM = flags.DEFINE_integer(
     "val_beam_size", 1, "Beam size of validation decoding (1: greedy).", lower_bound=1
 )
@@ -115,6 +118,7 @@ def _run_config():
         checkpoint_every=_CKPT_EVERY.value,
         keep_checkpoints=_KEEP.value,
         val_images=_VAL_IMAGES.value,
+        val_batch_size=_VAL_BATCH.value,
         val_beam_size=_VAL_BEAM.value,
     )
 

@@ -12,7 +12,7 @@ NumPy and Pillow only, so TensorBoard summaries, `tfcap.caption` and README figu
 import functools
 import math
 import os
-import tempfile
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
@@ -127,8 +127,9 @@ def attention_grid(
 
 def save_png(path: str, picture: np.ndarray) -> None:
     """Writes uint8 `[height, width, 3]` `picture` to `path` as PNG, atomically."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(suffix=".png.tmp", dir=directory)
+    temp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    # os.open, not mkstemp: the umask applies (mkstemp files are 0600, a PNG is to be shared).
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:
             Image.fromarray(np.asarray(picture, np.uint8)).save(file, format="PNG")

@@ -36,17 +36,30 @@ def tfcap_py_test(src, deps = [], data = [], tags = [], size = "medium", args = 
         **kwargs
     )
 
-def tfcap_py_tests(srcs, fast = [], overrides = {}, deps = [], data = [], tags = [], **kwargs):
+def _merge(base, extra):
+    """Overrides `extra` on top of `base`; tags/data/deps are concatenated."""
+    out = dict(base)
+    for key, value in extra.items():
+        if key not in _OVERRIDABLE:
+            fail("tfcap_py_tests: unknown override %r" % key)
+        if key in ("tags", "data", "deps"):
+            out[key] = out.get(key, []) + value
+        else:
+            out[key] = value
+    return out
+
+def tfcap_py_tests(srcs, fast = [], dir_overrides = {}, overrides = {}, **kwargs):
     """tfcap_py_test for every file in `srcs`.
 
     Args:
       srcs: test files, normally glob(["tests/**/test_*.py"]).
       fast: files whose targets get the `fast` tag (the CI subset).
-      overrides: file -> dict of per-file settings (size, timeout, tags, data,
-        deps, flaky, shard_count, args, env); tags/data/deps add to the common
-        ones, the rest replace the defaults.
-      deps, data, tags: common to every test.
-      **kwargs: passed to every py_test.
+      dir_overrides: directory prefix ("tests/e2e/") -> settings for every
+        test file below it.
+      overrides: file -> settings for that file. Settings are any of size,
+        timeout, tags, data, deps, flaky, shard_count, args, env; tags/data/deps
+        add to the common ones, the rest replace them.
+      **kwargs: common to every py_test (deps, data, tags, size, ...).
 
     Every file named in `fast` or `overrides` must be one of `srcs`, so a
     renamed or deleted test cannot leave a stale entry behind.
@@ -55,16 +68,14 @@ def tfcap_py_tests(srcs, fast = [], overrides = {}, deps = [], data = [], tags =
         if f not in srcs:
             fail("tfcap_py_tests: %s is named in BUILD but is not a test file matched by the glob" % f)
     for src in srcs:
-        o = dict(overrides.get(src, {}))
-        for key in o.keys():
-            if key not in _OVERRIDABLE:
-                fail("tfcap_py_tests: unknown override %r for %s" % (key, src))
-        extra = dict(kwargs)
-        extra.update(o)
-        extra["tags"] = tags + (["fast"] if src in fast else []) + o.get("tags", [])
-        extra["data"] = data + o.get("data", [])
-        extra["deps"] = deps + o.get("deps", [])
-        tfcap_py_test(src, **extra)
+        attrs = dict(kwargs)
+        for prefix, settings in dir_overrides.items():
+            if src.startswith(prefix):
+                attrs = _merge(attrs, settings)
+        attrs = _merge(attrs, overrides.get(src, {}))
+        if src in fast:
+            attrs["tags"] = attrs.get("tags", []) + ["fast"]
+        tfcap_py_test(src, **attrs)
 
 def tfcap_py_doctest(name, packages, **kwargs):
     """A py_test running the `>>>` examples of every module in `packages` (dirs)."""
