@@ -246,6 +246,7 @@ def main(argv):
     from tfcap import checkpoints
     from tfcap.training.loop import Trainer
 
+    tf.get_logger().setLevel("WARNING")  # TF's own INFO lines (checkpoint sharding, ...)
     if _DETERMINISTIC.value:
         keras.utils.set_random_seed(cli_flags.SEED.value)
         tf.config.experimental.enable_op_determinism()

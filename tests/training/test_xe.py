@@ -121,19 +121,24 @@ def test_mirrored_two_replicas_equal_one_device(shapes_dir):
 
 
 def _train(data_dir, model_dir, **overrides):
+    """Runs `python -m tfcap.train --flagfile=configs/smoke.flags ...` in-process."""
+    from absl import flags
+
     from tfcap import train
 
-    values = {
-        "flagfile": str(REPO / "configs" / "smoke.flags"),
-        "data_dir": str(data_dir),
-        "model_dir": str(model_dir),
-        "deterministic": "true",
-        **{k: str(v) for k, v in overrides.items()},
-    }
+    argv = [
+        "train",
+        f"--flagfile={REPO / 'configs' / 'smoke.flags'}",
+        f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}",
+        "--deterministic",
+        *(f"--{k}={v}" for k, v in overrides.items()),
+    ]
     cwd = os.getcwd()
     os.chdir(REPO)  # nested --flagfile paths resolve from the repository root
     try:
-        with flagsaver.as_parsed(**values):
+        with flagsaver.flagsaver():
+            flags.FLAGS(argv)
             train.main(["train"])
     finally:
         os.chdir(cwd)

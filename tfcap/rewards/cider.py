@@ -6,25 +6,24 @@ The formula, detail for detail as pycocoevalcap/cider/cider_scorer.py (n=4, sigm
 - df(g): the number of images whose references (the union over them) contain g;
   idf(g) = ref_len - log(max(1, df(g))), with ref_len = log(number of images);
 - a sentence's vector of order k holds tf(g) * idf(g) for its k-grams;
-- sim(c, r, k) = sum_g min(c_g, r_g) * r_g / (|c_k| |r_k|) (clipped numerator: the "-D";
-  the division is skipped when a norm is 0), times exp(-(l_c - l_r)^2 / (2 sigma^2)),
+- sim(c, r, k) = sum_g min(c_g, r_g) * r_g / (|c_k| |r_k|) (the clipped numerator is the
+  "-D"; the division is skipped when a norm is 0), times exp(-(l_c - l_r)^2 / (2 sigma^2)),
   where a sentence's "length" is its number of bigrams, max(tokens - 1, 0), as in
   pycocoevalcap (it counts `length` at order index 1);
 - score(c) = 10 * mean over k of (sum over c's references of sim) / number of references.
 
-Where document frequencies come from:
+Document frequencies are fixed when the scorer is made:
 
-- `CiderD()`: from the references of each `score` call, exactly as pycocoevalcap: every
-  candidate's reference list is one document (a list shared by 5 candidates counts 5 times)
-  and ref_len = log(number of candidates).
-- `CiderD(refs)` / `CiderD.from_corpus(refs)`: once, from a corpus (one entry per image),
-  ref_len = log(len(refs)). SCST's convention with the training references.
+- `CiderD(refs)` / `CiderD.from_corpus(refs)`: from a corpus (one entry per image),
+  ref_len = log(len(refs)). pycocoevalcap's convention when `refs` are the references of
+  the evaluated images (one candidate each); SCST's when they are the training references.
 - `CiderD(document_frequency=..., ref_len=...)` / `CiderD.from_json(path)`: precomputed.
 
 How: words get integer ids 1..B-1 and a k-gram is one uint64, sum_j id_j B^(k-1-j), with
 B = 2^min(32, 64 // n) (2^16 for n=4: at most 65,535 distinct words); orders never collide
-because leading digits are >= 1. Counting, weighting, clipping and the per (candidate,
-reference) sums are sorts, searchsorted and bincounts over flat arrays.
+because leading digits are >= 1. Reference n-grams are keyed by (image, n-gram) once, in
+`encode_references`; a call encodes only the candidates and meets them with searchsorted
+and bincount.
 
 >>> scorer = CiderD([["a cat"], ["a dog"]])  # df from two "training" images
 >>> mean, scores = scorer.score(["a cat", "cat cat"], [["a cat"], ["a cat"]])
@@ -38,17 +37,17 @@ import dataclasses
 import itertools
 import json
 import statistics
-import time
+import timeit
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-_CHUNK = 20_000  # sentences turned into n-gram codes at once (bounds [sentences, length] arrays)
+_CHUNK = 8192  # sentences turned into n-gram codes at once, grouped by length
 
 
 @dataclasses.dataclass(frozen=True)
 class _Ngrams:
-    """N-gram counts of `sentences` sentences; entries sorted by (sentence, code)."""
+    """Distinct (sentence, n-gram) entries of `sentences` sentences, in no set order."""
 
     sentence: np.ndarray  # int64 [entries]
     code: np.ndarray  # uint64 [entries]
@@ -60,13 +59,20 @@ class _Ngrams:
 class References:
     """Reference n-grams of a set of images, from `CiderD.encode_references`.
 
-    Counts only (no document frequencies), so one encoding serves every call of the
-    scorer that made it. Memory: about 24 bytes per reference n-gram (~0.9 KB an image).
+    Entries are sorted by `key` = image * len(table) + index of the n-gram in `table`;
+    tf-idf weights and norms use the scorer's df. Memory: about 32 bytes per reference
+    n-gram (~6 KB per COCO image).
     """
 
-    ngrams: _Ngrams  # sentence = global reference index
-    ref_offsets: np.ndarray  # int64 [images + 1]: refs of image i are [ref_offsets[i], [i + 1])
-    owner: object  # the word coder whose ids the codes use
+    table: np.ndarray  # uint64 [codes], sorted distinct n-gram codes
+    key: np.ndarray  # int64 [entries], sorted
+    slot: np.ndarray  # int64 [entries], the reference's index within its image
+    order: np.ndarray  # int64 [entries], 0-based n-gram order
+    weight: np.ndarray  # float64 [entries], tf * idf
+    ref_offsets: np.ndarray  # int64 [images + 1]: image i has refs [offsets[i], offsets[i+1])
+    num_tokens: np.ndarray  # int64 [refs]
+    norms: np.ndarray  # float64 [refs, n]
+    owner: object  # the word coder the codes come from
 
     @property
     def num_images(self) -> int:
@@ -77,9 +83,16 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concatenation of arange(s, s + c) over (starts, counts)."""
     counts = np.asarray(counts, np.int64)
     ends = np.cumsum(counts)
-    return np.repeat(np.asarray(starts, np.int64) - (ends - counts), counts) + np.arange(
-        ends[-1:].sum()
-    )
+    shift = np.asarray(starts, np.int64) - (ends - counts)
+    return np.repeat(shift, counts) + np.arange(ends[-1:].sum())
+
+
+def _lookup(table: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position, found) of codes in a sorted table."""
+    if not len(table):
+        return np.zeros(len(codes), np.int64), np.zeros(len(codes), bool)
+    pos = np.minimum(np.searchsorted(table, codes), len(table) - 1)
+    return pos, table[pos] == codes
 
 
 class _WordCoder:
@@ -103,9 +116,8 @@ class _WordCoder:
 
     def ids(self, words) -> np.ndarray:
         words = list(words)
-        get = self.index.get
-        out = [get(w, 0) for w in words]
-        if 0 in out:
+        out = list(map(self.index.get, words))
+        if None in out:
             out = [self.word_id(w) for w in words]
         return np.array(out, np.uint64)
 
@@ -131,59 +143,52 @@ class _WordCoder:
 
     def encode(self, flat: np.ndarray, lengths: np.ndarray) -> _Ngrams:
         """N-gram counts of sentences given as flat word ids and per-sentence lengths."""
-        parts, offset = [], 0
-        for start in range(0, max(len(lengths), 1), _CHUNK):
-            chunk = lengths[start : start + _CHUNK]
-            size = int(chunk.sum())
-            part = self._encode_chunk(flat[offset : offset + size], chunk)
-            parts.append(dataclasses.replace(part, sentence=part.sentence + start))
-            offset += size
-        return _Ngrams(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in
-                         dataclasses.fields(_Ngrams)))  # fmt: skip
+        starts = np.cumsum(lengths) - lengths
+        by_length = np.argsort(lengths, kind="stable")  # chunks of similar width: little padding
+        parts = [(np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0))]
+        for begin in range(0, len(lengths), _CHUNK):
+            rows = by_length[begin : begin + _CHUNK]
+            tokens = flat[_ranges(starts[rows], lengths[rows])]
+            sentence, code, count = self._encode_chunk(tokens, lengths[rows])
+            parts.append((rows[sentence], code, count))
+        return _Ngrams(*(np.concatenate(p) for p in zip(*parts, strict=True)), lengths)
 
-    def _encode_chunk(self, flat: np.ndarray, lengths: np.ndarray) -> _Ngrams:
+    def _encode_chunk(self, flat: np.ndarray, lengths: np.ndarray):
         width = int(lengths.max(initial=0))
         mask = np.arange(width) < lengths[:, None]  # [sentences, width]
         tokens = np.zeros(mask.shape, np.uint64)
         tokens[mask] = flat
-        code = np.zeros_like(tokens)
-        sentences, codes = [np.zeros(0, np.int64)], [np.zeros(0, np.uint64)]
+        code, grams = np.zeros_like(tokens), []
         for k in range(1, min(self.n, width) + 1):
             code = code[:, : width - k + 1] * np.uint64(self.base) + tokens[:, k - 1 :]
-            valid = mask[:, k - 1 :]  # a k-gram starting at i needs token i + k - 1
-            sentences.append(np.nonzero(valid)[0])
-            codes.append(code[valid])
-        sentence, code = np.concatenate(sentences), np.concatenate(codes)
-        order = np.lexsort((code, sentence))
-        sentence, code = sentence[order], code[order]
-        new = np.ones(len(code), bool)
-        new[1:] = (sentence[1:] != sentence[:-1]) | (code[1:] != code[:-1])
-        starts = np.flatnonzero(new)
-        counts = np.diff(np.append(starts, len(code))).astype(np.float64)
-        return _Ngrams(sentence[starts].astype(np.int64), code[starts], counts, lengths)
-
-
-def _doc_freq(code_index: np.ndarray, image: np.ndarray, weight: np.ndarray, size: int):
-    """float64 [size]: sum of weight[image] over the distinct (image, code) pairs."""
-    pairs = np.unique(image.astype(np.int64) * size + code_index)
-    return np.bincount(pairs % size, weights=weight[pairs // size], minlength=size)
+            grams.append(np.where(mask[:, k - 1 :], code, 0))  # 0: no k-gram starts here
+        if not grams:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0)
+        grams = np.sort(np.concatenate(grams, axis=1), axis=1)  # [sentences, grams]
+        flat_grams = grams.ravel()
+        run = np.ones(grams.shape, bool)  # a run starts at each row start and at each change
+        run[:, 1:] = grams[:, 1:] != grams[:, :-1]
+        starts = np.flatnonzero(run)
+        counts = np.diff(np.append(starts, flat_grams.size)).astype(np.float64)
+        keep = flat_grams[starts] != 0
+        sentence = (starts // grams.shape[1]).astype(np.int64)
+        return sentence[keep], flat_grams[starts][keep], counts[keep]
 
 
 class CiderD:
     """CIDEr-D scorer; see the module docstring for the formula and the df conventions.
 
-    Args:
-        refs: optional corpus (per image, a list of tokenized reference strings) to take
+    Args (either `refs`, or `document_frequency` and `ref_len`):
+        refs: a corpus (per image, a list of tokenized reference strings) to take
             document frequencies from, once.
-        document_frequency: optional precomputed df: n-gram (space-joined string or tuple
+        document_frequency: precomputed df: n-gram (space-joined string or tuple
             of words) -> number of images. Needs `ref_len`.
         ref_len: log of the number of images `document_frequency` was counted over.
         n: largest n-gram order.
         sigma: width of the gaussian length penalty.
-        vocabulary: for `score_ids`: the word of each token id. None: id i is the word
-            `str(i)` (df counted over id strings).
-        eos_id: for `score_ids`: a token sequence ends before its first `eos_id` (and
-            always before its first 0, padding).
+        vocabulary: for token ids: the word of each id. None: id i is the word `str(i)`.
+        eos_id: for token ids: a sequence ends before its first `eos_id` (and always
+            before its first 0, padding).
     """
 
     def __init__(
@@ -197,26 +202,19 @@ class CiderD:
         vocabulary: Sequence[str] | None = None,
         eos_id: int | None = None,
     ):
-        if refs is not None and (document_frequency is not None or ref_len is not None):
-            raise ValueError("give either refs or document_frequency + ref_len, not both")
-        if (document_frequency is None) != (ref_len is None):
-            raise ValueError("document_frequency and ref_len go together")
+        given = (refs is not None, document_frequency is not None, ref_len is not None)
+        if given not in ((True, False, False), (False, True, True)):
+            raise ValueError("give either refs, or document_frequency and ref_len")
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         self.n, self.sigma, self.eos_id = n, float(sigma), eos_id
         self._coder = _WordCoder(n)
-        self._id_map = np.zeros(0, np.uint64)
-        self._vocabulary = vocabulary is not None
-        if vocabulary is not None:
-            self._id_map = self._coder.ids(vocabulary)
-        self._df_codes = self._df_values = None
-        self.ref_len = None
+        self._has_vocabulary = vocabulary is not None
+        self._id_map = self._coder.ids([] if vocabulary is None else vocabulary)
         if refs is not None:
             self._set_df_from_corpus(refs)
-        elif document_frequency is not None:
+        else:
             self._set_df(document_frequency, ref_len)
-
-    # ------------------------------------------------------------- document frequencies
 
     @classmethod
     def from_corpus(cls, refs: Sequence[Sequence[str]], **kwargs) -> CiderD:
@@ -230,30 +228,21 @@ class CiderD:
             data = json.load(f)
         if not isinstance(data, dict) or "document_frequency" not in data or "ref_len" not in data:
             raise ValueError(f"{path}: not a CIDEr-D document-frequency file")
-        return cls(
-            document_frequency=data["document_frequency"],
-            ref_len=data["ref_len"],
-            n=data.get("n", 4),
-            **kwargs,
-        )
+        df, ref_len, n = data["document_frequency"], data["ref_len"], data.get("n", 4)
+        return cls(document_frequency=df, ref_len=ref_len, n=n, **kwargs)
 
     def to_json(self, path: str | None = None) -> str:
         """The df and ref_len as JSON text (n-grams as space-joined words); written to `path`."""
-        if self._df_codes is None:
-            raise ValueError("this scorer takes df from each call's references; nothing to save")
-        text = json.dumps(
-            {"n": self.n, "ref_len": self.ref_len, "document_frequency": self.document_frequency}
-        )
+        data = {"n": self.n, "ref_len": self.ref_len, "document_frequency": self.document_frequency}
+        text = json.dumps(data)
         if path is not None:
             with open(path, "w") as f:
                 f.write(text)
         return text
 
     @property
-    def document_frequency(self) -> dict[str, float] | None:
-        """n-gram (space-joined words) -> df, or None when df comes from each call."""
-        if self._df_codes is None:
-            return None
+    def document_frequency(self) -> dict[str, float]:
+        """n-gram (space-joined words) -> df."""
         keys = self._coder.decode(self._df_codes)
         return dict(zip(keys, self._df_values.tolist(), strict=True))
 
@@ -265,45 +254,44 @@ class CiderD:
                 raise ValueError(f"document_frequency key {key!r} is not a 1..{self.n}-gram")
             codes.append(self._coder.code(words))
         codes = np.array(codes, np.uint64)
-        values = np.array(list(document_frequency.values()), np.float64)
         order = np.argsort(codes, kind="stable")
-        self._df_codes, self._df_values = codes[order], values[order]
+        self._df_codes = codes[order]
+        self._df_values = np.array(list(document_frequency.values()), np.float64)[order]
         if np.any(self._df_codes[1:] == self._df_codes[:-1]):
             raise ValueError("document_frequency names the same n-gram twice")
         self.ref_len = float(ref_len)
 
     def _set_df_from_corpus(self, refs: Sequence[Sequence[str]]) -> None:
-        chunk_images = max(1, _CHUNK // 8)
-        codes = []
-        for start in range(0, len(refs), chunk_images):
-            encoded = self.encode_references(refs[start : start + chunk_images])
-            grams = encoded.ngrams
-            unique, inverse = np.unique(grams.code, return_inverse=True)
-            image = np.repeat(np.arange(encoded.num_images), np.diff(encoded.ref_offsets))
-            pairs = np.unique(image[grams.sentence] * len(unique) + inverse)
-            codes.append(unique[pairs % len(unique)])
-        if not codes:
+        if not len(refs):
             raise ValueError("refs is empty: no images to count document frequencies over")
+        codes, step = [], max(1, _CHUNK // 8)
+        for start in range(0, len(refs), step):
+            _, _, table, _, key = self._reference_keys(refs[start : start + step])
+            distinct = np.unique(key)  # (image, n-gram) pairs
+            codes.append(table[distinct % max(len(table), 1)])
         self._df_codes, counts = np.unique(np.concatenate(codes), return_counts=True)
         self._df_values = counts.astype(np.float64)
         self.ref_len = float(np.log(float(len(refs))))
 
-    # ------------------------------------------------------------------------ encoding
+    def _idf(self, codes: np.ndarray) -> np.ndarray:
+        pos, found = _lookup(self._df_codes, codes)
+        df = np.where(found, self._df_values[pos] if found.any() else 0.0, 0.0)
+        return self.ref_len - np.log(np.maximum(1.0, df))
 
     def _map_ids(self, ids: np.ndarray) -> np.ndarray:
-        """Token ids -> internal word ids (uint64)."""
-        top = int(ids.max(initial=-1))
+        """Token ids -> word ids of the coder (uint64)."""
         if ids.size and int(ids.min()) < 0:
             raise ValueError(f"token ids must be >= 0, got {int(ids.min())}")
+        top = int(ids.max(initial=-1))
         if top >= len(self._id_map):
-            if self._vocabulary:
+            if self._has_vocabulary:
                 raise ValueError(f"token id {top} is outside the vocabulary ({len(self._id_map)})")
             extra = self._coder.ids(str(i) for i in range(len(self._id_map), top + 1))
             self._id_map = np.concatenate([self._id_map, extra])
         return self._id_map[ids]
 
     def _truncate(self, ids: np.ndarray) -> np.ndarray:
-        """Lengths `[rows]` of `[rows, time]` ids: up to the first 0 or eos_id."""
+        """int64 `[rows]` lengths of `[rows, time]` ids: up to the first 0 or eos_id."""
         stop = ids == 0
         if self.eos_id is not None:
             stop |= ids == self.eos_id
@@ -318,30 +306,38 @@ class CiderD:
     def _encode_sentences(self, sentences: Sequence) -> _Ngrams:
         if all(isinstance(s, str) for s in sentences):  # fast path: one flat list of words
             split = [s.split() for s in sentences]
-            lengths = np.fromiter(map(len, split), np.int64, count=len(split))
-            return self._coder.encode(
-                self._coder.ids(itertools.chain.from_iterable(split)), lengths
-            )
-        ids = [self._sentence_ids(s) for s in sentences]
-        lengths = np.fromiter(map(len, ids), np.int64, count=len(ids))
-        flat = np.concatenate(ids) if ids else np.zeros(0, np.uint64)
-        return self._coder.encode(flat.astype(np.uint64), lengths)
+            flat = self._coder.ids(itertools.chain.from_iterable(split))
+        else:
+            split = [self._sentence_ids(s) for s in sentences]
+            flat = np.concatenate(split + [np.zeros(0, np.uint64)]).astype(np.uint64)
+        lengths = np.fromiter(map(len, split), np.int64, count=len(split))
+        return self._coder.encode(flat, lengths)
+
+    def _reference_keys(self, refs: Sequence[Sequence]):
+        counts = np.fromiter(map(len, refs), np.int64, count=len(refs))
+        if np.any(counts == 0):
+            raise ValueError(f"image {int(np.argmin(counts))} has no references")
+        grams = self._encode_sentences([r for image in refs for r in image])
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        table, dense = np.unique(grams.code, return_inverse=True)
+        image = np.repeat(np.arange(len(refs)), counts)[grams.sentence]
+        return grams, offsets, table, dense.reshape(-1), image * len(table) + dense.reshape(-1)
 
     def encode_references(self, refs: Sequence[Sequence]) -> References:
-        """Encodes, once, the references of a set of images for `score_ids`.
+        """Encodes the references of a set of images once, for any number of `score_ids` calls.
 
         Args:
             refs: per image, a non-empty list of references, each a tokenized string or a
                 sequence of token ids (see `vocabulary`, `eos_id`).
         """
-        counts = np.fromiter(map(len, refs), np.int64, count=len(refs))
-        if np.any(counts == 0):
-            raise ValueError(f"image {int(np.argmin(counts))} has no references")
-        ngrams = self._encode_sentences([r for image in refs for r in image])
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return References(ngrams, offsets, self._coder)
-
-    # ------------------------------------------------------------------------- scoring
+        grams, offsets, table, dense, key = self._reference_keys(refs)
+        sort = np.argsort(key, kind="stable")
+        slot = grams.sentence - offsets[key // max(len(table), 1)]
+        order = self._coder.order(grams.code)
+        weight = grams.count * self._idf(table)[dense]
+        norms = self._norms(grams.sentence, weight, order, len(grams.num_tokens))
+        fields = (key[sort], slot[sort], order[sort], weight[sort])
+        return References(table, *fields, offsets, grams.num_tokens, norms, self._coder)
 
     def score(
         self, candidates: Sequence[str], refs: Sequence[Sequence[str]]
@@ -357,7 +353,7 @@ class CiderD:
             raise ValueError(f"{len(candidates)} candidates but {len(refs)} reference lists")
         index: dict[tuple, int] = {}
         image_index = np.array([index.setdefault(tuple(r), len(index)) for r in refs], np.int64)
-        references = self.encode_references([list(r) for r in index])
+        references = self.encode_references(list(index))
         return self._score(self._encode_sentences(list(candidates)), image_index, references)
 
     def score_ids(
@@ -373,8 +369,7 @@ class CiderD:
         Returns:
             The mean and float64 `[rows]` scores.
         """
-        ids = np.asarray(candidate_ids)
-        index = np.asarray(image_index)
+        ids, index = np.asarray(candidate_ids), np.asarray(image_index)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"candidate_ids must be int [rows, time], got {ids.dtype} {ids.shape}")
         if index.shape != ids.shape[:1] or not np.issubdtype(index.dtype, np.integer):
@@ -387,71 +382,37 @@ class CiderD:
         flat = self._map_ids(ids[np.arange(ids.shape[1]) < lengths[:, None]].astype(np.int64))
         return self._score(self._coder.encode(flat, lengths), index.astype(np.int64), references)
 
-    def _idf(self, codes, code_index, image, multiplicity) -> np.ndarray:
-        """float64 idf of each code; df from the batch when the scorer has none."""
-        if self._df_codes is None:
-            df = _doc_freq(code_index, image, multiplicity.astype(np.float64), len(codes))
-            ref_len = np.log(float(multiplicity.sum()))
-        elif len(self._df_codes):
-            pos = np.minimum(np.searchsorted(self._df_codes, codes), len(self._df_codes) - 1)
-            df = np.where(self._df_codes[pos] == codes, self._df_values[pos], 0.0)
-            ref_len = self.ref_len
-        else:
-            df, ref_len = np.zeros(len(codes)), self.ref_len
-        return ref_len - np.log(np.maximum(1.0, df))
-
-    def _norms(self, grams: _Ngrams, weights, order) -> np.ndarray:
-        rows = len(grams.num_tokens)
-        sums = np.bincount(grams.sentence * self.n + order, weights**2, minlength=rows * self.n)
+    def _norms(self, sentence, weights, order, rows: int) -> np.ndarray:
+        sums = np.bincount(sentence * self.n + order, weights**2, minlength=rows * self.n)
         return np.sqrt(sums).reshape(rows, self.n)
 
     def _score(self, cand: _Ngrams, image_index, refs: References) -> tuple[float, np.ndarray]:
         rows = len(cand.num_tokens)
         if rows == 0:
             raise ValueError("no candidates to score")
-        images, local = np.unique(image_index, return_inverse=True)  # local: [rows]
-        nref_image = refs.ref_offsets[images + 1] - refs.ref_offsets[images]
-        ref_ids = _ranges(refs.ref_offsets[images], nref_image)  # [batch refs], global
-        ref_image = np.repeat(np.arange(len(images)), nref_image)  # [batch refs], local
-        first_ref = np.cumsum(nref_image) - nref_image  # [local images]
-        g = refs.ngrams
-        entry_offsets = np.searchsorted(g.sentence, np.stack([ref_ids, ref_ids + 1]))
-        entries = _ranges(entry_offsets[0], entry_offsets[1] - entry_offsets[0])
-        ref = _Ngrams(
-            np.repeat(np.arange(len(ref_ids)), entry_offsets[1] - entry_offsets[0]),
-            g.code[entries], g.count[entries], g.num_tokens[ref_ids],
-        )  # fmt: skip
-        codes, inverse = np.unique(np.concatenate([cand.code, ref.code]), return_inverse=True)
-        inv_c, inv_r = inverse[: len(cand.code)], inverse[len(cand.code) :]
-        multiplicity = np.bincount(local, minlength=len(images))
-        idf = self._idf(codes, inv_r, ref_image[ref.sentence], multiplicity)
-        order = self._coder.order(codes)
-        w_c, w_r = cand.count * idf[inv_c], ref.count * idf[inv_r]
-        norm_c, norm_r = self._norms(cand, w_c, order[inv_c]), self._norms(ref, w_r, order[inv_r])
-
+        w_c, w_r = cand.count * self._idf(cand.code), refs.weight
+        norm_c = self._norms(cand.sentence, w_c, self._coder.order(cand.code), rows)
         # Each candidate n-gram meets the same n-gram in each reference of its image.
-        key_r = ref_image[ref.sentence] * len(codes) + inv_r
-        sort_r = np.argsort(key_r, kind="stable")
-        key_c = local[cand.sentence] * len(codes) + inv_c
-        lo = np.searchsorted(key_r[sort_r], key_c, side="left")
-        hits = np.searchsorted(key_r[sort_r], key_c, side="right") - lo
-        e = np.repeat(np.arange(len(key_c)), hits)
-        m = sort_r[_ranges(lo, hits)]
+        pos, found = _lookup(refs.table, cand.code)
+        key = np.where(found, image_index[cand.sentence] * len(refs.table) + pos, -1)
+        lo = np.searchsorted(refs.key, key, side="left")
+        hits = np.searchsorted(refs.key, key, side="right") - lo
+        e, m = np.repeat(np.arange(len(key)), hits), _ranges(lo, hits)
         clipped = np.minimum(w_c[e], w_r[m]) * w_r[m]
 
-        nref = nref_image[local]  # [rows]
-        pair_start = np.cumsum(nref) - nref
-        row_e = cand.sentence[e]
-        pair = pair_start[row_e] + ref.sentence[m] - first_ref[local[row_e]]
-        num = np.bincount(pair * self.n + order[inv_c][e], clipped, minlength=nref.sum() * self.n)
-        pair_row = np.repeat(np.arange(rows), nref)
-        pair_ref = _ranges(first_ref[local], nref)
-        nc, nr = norm_c[pair_row], norm_r[pair_ref]
-        ok = (nc != 0) & (nr != 0)
+        first = refs.ref_offsets[image_index]  # [rows]
+        nref = refs.ref_offsets[image_index + 1] - first
+        pair_start = np.cumsum(nref) - nref  # (row, reference) pairs, row-major
+        pair = pair_start[cand.sentence[e]] + refs.slot[m]
+        num = np.bincount(pair * self.n + refs.order[m], clipped, minlength=nref.sum() * self.n)
         num = num.reshape(-1, self.n)
+        pair_row, pair_ref = np.repeat(np.arange(rows), nref), _ranges(first, nref)
+        nc, nr = norm_c[pair_row], refs.norms[pair_ref]
+        ok = (nc != 0) & (nr != 0)
         val = np.where(ok, num / np.where(ok, nc * nr, 1.0), num)
-        length_c, length_r = np.maximum(cand.num_tokens - 1, 0), np.maximum(ref.num_tokens - 1, 0)
-        delta = (length_c[pair_row] - length_r[pair_ref]).astype(np.float64)
+        length_c = np.maximum(cand.num_tokens - 1, 0)[pair_row]
+        length_r = np.maximum(refs.num_tokens - 1, 0)[pair_ref]
+        delta = (length_c - length_r).astype(np.float64)
         val *= np.exp(-(delta**2) / (2 * self.sigma**2))[:, None]
         per_order = np.stack(
             [np.bincount(pair_row, val[:, k], minlength=rows) for k in range(self.n)], axis=1
@@ -461,63 +422,43 @@ class CiderD:
 
 
 def benchmark(num_candidates: int = 50, refs_per_image: int = 5, repeats: int = 5) -> dict:
-    """Seconds per call of pycocoevalcap's Cider and of this module, and the ratios.
+    """Median seconds per call of pycocoevalcap's Cider and of `CiderD`, and the ratios.
 
-    Synthetic Zipf-distributed captions of 8-16 words over 2,000 words. One candidate per
-    image. pycocoevalcap computes df from the scored images (its only mode); `CiderD` uses
-    df from 2,000 "training" images (SCST's convention): `score` on strings (references
-    encoded in each call), `score_ids` on token ids with references encoded once.
+    Synthetic Zipf-distributed captions of 8-16 words over 2,000 words, one candidate per
+    image. pycocoevalcap takes df from the scored images (its only mode); `CiderD` uses df
+    from 2,000 "training" images (SCST's convention): `score` on strings (references
+    encoded in each call) and `score_ids` on token ids (references encoded once).
     """
     from pycocoevalcap.cider.cider import Cider
 
     rng = np.random.default_rng(0)
     vocabulary = ["<pad>"] + [f"w{i}" for i in range(2000)]
 
-    def sentence() -> np.ndarray:
-        return np.minimum(rng.zipf(1.4, rng.integers(8, 17)), len(vocabulary) - 1)
+    def sentence() -> np.ndarray:  # 8..16 ids in 1..2000, padded to 16 with 0
+        ids = np.minimum(rng.zipf(1.4, rng.integers(8, 17)), len(vocabulary) - 1)
+        return np.pad(ids, (0, 16 - len(ids)))
 
     def text(ids) -> str:
-        return " ".join(vocabulary[i] for i in ids)
+        return " ".join(vocabulary[i] for i in ids if i)
 
     train = [[text(sentence()) for _ in range(refs_per_image)] for _ in range(2000)]
     ref_ids = [[sentence() for _ in range(refs_per_image)] for _ in range(num_candidates)]
-    cand_ids = np.zeros((num_candidates, 16), np.int64)
-    for i in range(num_candidates):
-        ids = sentence()
-        cand_ids[i, : len(ids)] = ids
-    refs = [[text(r) for r in image] for image in ref_ids]
-    cands = [text(row[row > 0]) for row in cand_ids]
+    cand_ids = np.stack([sentence() for _ in range(num_candidates)])
+    refs, cands = [[text(r) for r in image] for image in ref_ids], [text(c) for c in cand_ids]
     scorer = CiderD(train, vocabulary=vocabulary)
-    encoded = scorer.encode_references(ref_ids)
-    image_index = np.arange(num_candidates)
-    gts = {i: refs[i] for i in range(num_candidates)}
-    res = {i: [cands[i]] for i in range(num_candidates)}
-
-    def seconds(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    coco = seconds(lambda: Cider().compute_score(gts, res))
-    strings = seconds(lambda: scorer.score(cands, refs))
-    ids = seconds(lambda: scorer.score_ids(cand_ids, image_index, encoded))
-    same = np.allclose(
-        scorer.score(cands, refs)[1], scorer.score_ids(cand_ids, image_index, encoded)[1]
-    )
-    return {
-        "num_candidates": num_candidates,
-        "refs_per_image": refs_per_image,
-        "pycocoevalcap_s": coco,
-        "tfcap_score_s": strings,
-        "tfcap_score_ids_s": ids,
-        "speedup_score": coco / strings,
-        "speedup_score_ids": coco / ids,
-        "same_scores": bool(same),
+    encoded, image_index = scorer.encode_references(ref_ids), np.arange(num_candidates)
+    gts, res = dict(enumerate(refs)), {i: [c] for i, c in enumerate(cands)}
+    calls = {
+        "pycocoevalcap": lambda: Cider().compute_score(gts, res)[1],
+        "tfcap_score": lambda: scorer.score(cands, refs)[1],
+        "tfcap_score_ids": lambda: scorer.score_ids(cand_ids, image_index, encoded)[1],
     }
-
-
-__all__ = ["CiderD", "References", "benchmark"]
+    out = {"num_candidates": num_candidates, "refs_per_image": refs_per_image}
+    for name, fn in calls.items():
+        fn()  # warm-up
+        out[f"{name}_s"] = statistics.median(timeit.repeat(fn, number=1, repeat=repeats))
+    for name in ("tfcap_score", "tfcap_score_ids"):
+        out[f"speedup_{name[6:]}"] = out["pycocoevalcap_s"] / out[f"{name}_s"]
+    same = np.allclose(calls["tfcap_score"](), calls["tfcap_score_ids"](), rtol=0, atol=1e-12)
+    out["score_equals_score_ids"] = bool(same)
+    return out

@@ -119,8 +119,8 @@ def scheduled_sampling_prob(
     """Probability of feeding the model's own word at `epoch` (0-based); `start` < 0 disables.
 
     >>> [scheduled_sampling_prob(e, 0, 5, 0.05, 0.25) for e in (0, 4, 5, 30)]
-    [0.05, 0.05, 0.1, 0.25]
+    [0.0, 0.0, 0.05, 0.25]
     """
     if start < 0 or epoch < start:
         return 0.0
-    return min(maximum, increase * ((epoch - start) // max(every, 1) + 1))
+    return min(maximum, increase * ((epoch - start) // max(every, 1)))
