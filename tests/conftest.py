@@ -51,3 +51,27 @@ def shapes_dir(tmp_path_factory) -> pathlib.Path:
         vocab_min_count=1,
     )
     return out
+
+
+def run_train(data_dir, model_dir, **overrides):
+    """Runs `python -m tfcap.train --flagfile=configs/smoke.flags ...` in-process."""
+    from absl import flags
+
+    from tfcap import train
+
+    argv = [
+        "train",
+        f"--flagfile={REPO / 'configs' / 'smoke.flags'}",
+        f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}",
+        "--deterministic",
+        *(f"--{k}={v}" for k, v in overrides.items()),
+    ]
+    cwd = os.getcwd()
+    os.chdir(REPO)  # nested --flagfile paths resolve from the repository root
+    try:
+        with flagsaver.flagsaver():
+            flags.FLAGS(argv)
+            train.main(["train"])
+    finally:
+        os.chdir(cwd)

@@ -1,7 +1,6 @@
 """XE training: the step, the loss falling, distributed equality, checkpoints and resume."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -10,8 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl.testing import flagsaver
-from conftest import REPO
+from conftest import REPO, run_train
 
 from tfcap import checkpoints, losses
 from tfcap.data import pipeline
@@ -120,39 +118,15 @@ def test_mirrored_two_replicas_equal_one_device(shapes_dir):
     assert result["max_weight_diff"] < 1e-5
 
 
-def _train(data_dir, model_dir, **overrides):
-    """Runs `python -m tfcap.train --flagfile=configs/smoke.flags ...` in-process."""
-    from absl import flags
-
-    from tfcap import train
-
-    argv = [
-        "train",
-        f"--flagfile={REPO / 'configs' / 'smoke.flags'}",
-        f"--data_dir={data_dir}",
-        f"--model_dir={model_dir}",
-        "--deterministic",
-        *(f"--{k}={v}" for k, v in overrides.items()),
-    ]
-    cwd = os.getcwd()
-    os.chdir(REPO)  # nested --flagfile paths resolve from the repository root
-    try:
-        with flagsaver.flagsaver():
-            flags.FLAGS(argv)
-            train.main(["train"])
-    finally:
-        os.chdir(cwd)
-
-
 def _weights(model_dir, which="latest"):
     model, _, _ = checkpoints.load_model(str(model_dir), which)
     return [v.numpy() for v in model.weights]
 
 
 def test_train_writes_model_dir_and_resumes_exactly(shapes_dir, tmp_path):
-    _train(shapes_dir, tmp_path / "whole", train_steps=6)
-    _train(shapes_dir, tmp_path / "split", train_steps=3)
-    _train(shapes_dir, tmp_path / "split", train_steps=6)  # same command, longer: resumes
+    run_train(shapes_dir, tmp_path / "whole", train_steps=6)
+    run_train(shapes_dir, tmp_path / "split", train_steps=3)
+    run_train(shapes_dir, tmp_path / "split", train_steps=6)  # same command, longer: resumes
     run = tmp_path / "split"
     for name in ("flags.txt", "model.json", "vocab.txt", "best.json"):
         assert (run / name).exists(), name
@@ -165,7 +139,7 @@ def test_train_writes_model_dir_and_resumes_exactly(shapes_dir, tmp_path):
 
 
 def test_checkpoint_round_trip_gives_identical_decoding(shapes_dir, tmp_path):
-    _train(shapes_dir, tmp_path / "run", train_steps=3)
+    run_train(shapes_dir, tmp_path / "run", train_steps=3)
     model, words, info = checkpoints.load_model(str(tmp_path / "run"), "latest")
     again, _, _ = checkpoints.load_model(str(tmp_path / "run"), "latest")
     batch = next(iter(pipeline.make_dataset(str(shapes_dir), "test", 4)))
@@ -178,6 +152,22 @@ def test_checkpoint_round_trip_gives_identical_decoding(shapes_dir, tmp_path):
 def test_resume_refuses_a_different_model(shapes_dir, tmp_path):
     from absl import app
 
-    _train(shapes_dir, tmp_path / "run", train_steps=3)
+    run_train(shapes_dir, tmp_path / "run", train_steps=3)
     with pytest.raises(app.UsageError, match="different model"):
-        _train(shapes_dir, tmp_path / "run", train_steps=3, text_attention="true")
+        run_train(shapes_dir, tmp_path / "run", train_steps=3, text_attention="true")
+
+
+def test_tensorboard_logs_training_and_validation(shapes_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_train(shapes_dir, tmp_path / "run", train_steps=4, eval_every=2, log_every=2)
+    train = EventAccumulator(str(tmp_path / "run" / "train")).Reload().Tags()
+    val = EventAccumulator(str(tmp_path / "run" / "val"), size_guidance={"images": 0}).Reload()
+    # TF2 summaries are stored as tensors
+    assert {"xe/loss", "xe/lr", "xe/grad_norm", "xe/examples_per_s"} <= set(train["tensors"])
+    tags = val.Tags()
+    assert {"xe/CIDEr", "samples", "attention"} <= set(tags["tensors"])
+    picture = val.Tensors("attention")[-1]
+    assert picture.step == 4
+    png = tf.make_ndarray(picture.tensor_proto)[2]  # [width, height, encoded png]
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

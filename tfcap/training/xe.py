@@ -70,6 +70,7 @@ def make_xe_step(
     model: Captioner,
     optimizer: keras.optimizers.Optimizer,
     config: XEConfig,
+    jit_compile: bool = False,
 ):
     """A tf.function `(distributed batch, sample_prob, seed [2]) -> (loss, grad_norm)`.
 
@@ -104,7 +105,7 @@ def make_xe_step(
         )
         return loss, norm
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def step(dist_batch, sample_prob, seed):
         losses, norms = strategy.run(replica_step, args=(dist_batch, sample_prob, seed))
         loss = strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
