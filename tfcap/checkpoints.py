@@ -8,6 +8,7 @@ export read back.
       ckpt/          latest training state: model, optimizers, step, epoch, phase
       best/          the model with the best validation CIDEr (model only)
       best.json      that checkpoint's step and scores
+      phase_NAME/    the model at the end of phase NAME (xe, scst, gan)
       train/, val/   TensorBoard event files
 """
 
@@ -64,11 +65,15 @@ def build_model(config: dict[str, Any], feature_dim: int) -> Captioner:
     return model
 
 
+CHOICES = ("best", "latest", "xe", "scst", "gan")
+
+
 def checkpoint_path(model_dir: str, which: str = "best") -> str:
-    """The newest checkpoint of `which` ("best" or "latest"); "best" falls back to latest."""
-    if which not in ("best", "latest"):
-        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-    order = [BEST, LATEST] if which == "best" else [LATEST]
+    """The newest checkpoint of `which`: "best" (falls back to latest), "latest", or a
+    phase name (the model at the end of that phase)."""
+    if which not in CHOICES:
+        raise ValueError(f"which must be one of {CHOICES}, got {which!r}")
+    order = {"best": [BEST, LATEST], "latest": [LATEST]}.get(which, [f"phase_{which}"])
     for sub in order:
         path = tf.train.latest_checkpoint(os.path.join(model_dir, sub))
         if path:

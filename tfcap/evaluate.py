@@ -26,7 +26,18 @@ _ALPHA = flags.DEFINE_float(
     "length_penalty", 0.0, "Beam length-normalisation alpha.", lower_bound=0
 )
 _RESULTS_JSON = flags.DEFINE_string("results_json", None, "Write COCO-format results here.")
-_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint.")
+_CHECKPOINT = flags.DEFINE_enum(
+    "checkpoint",
+    "best",
+    ["best", "latest", "xe", "scst", "gan"],
+    "Which checkpoint: best validation CIDEr, latest, or the end of a phase.",
+)
+_DISCRIMINATOR_DIR = flags.DEFINE_string(
+    "discriminator_dir",
+    None,
+    "A model dir with a gan phase: its discriminator judges the captions (d_human: mean "
+    "p(human) of the generated captions; d_human_refs: of a human reference).",
+)
 _MAX_IMAGES = flags.DEFINE_integer(
     "max_images", 0, "Decode only this many (0: all).", lower_bound=0
 )
@@ -52,9 +63,11 @@ def evaluate(
     scorers=("bleu", "meteor", "rouge", "cider"),
     swap_control: bool = False,
     results_json: str | None = None,
+    discriminator_dir: str | None = None,
 ):
-    """Decodes and scores a split; returns (scores dict, Decoded)."""
+    """Decodes and scores a split; returns (scores dict, Decoded, references)."""
     from tfcap import checkpoints, inference, metrics
+    from tfcap.diversity import diversity
 
     model, words, info = checkpoints.load_model(model_dir, checkpoint)
     data_dir = data_dir or info["data"]["data_dir"]
@@ -79,8 +92,38 @@ def evaluate(
     if swap_control:
         swapped = {r["image_id"]: r["caption"] for r in decoded.swapped()}
         scores["swapped_CIDEr"] = metrics.score_captions(refs, swapped, ["cider"])["CIDEr"]
+    scores.update(diversity(decoded.captions))
+    if discriminator_dir:
+        scores.update(judge(discriminator_dir, data_dir, split, decoded))
     scores.update(split=split, images=len(results), beam_size=beam_size, checkpoint=checkpoint)
     return scores, decoded, refs
+
+
+def judge(discriminator_dir: str, data_dir: str, split: str, decoded) -> dict[str, float]:
+    """Mean p(human) by a gan run's discriminator, of the captions and of references."""
+    import numpy as np
+
+    from tfcap.data import pipeline
+    from tfcap.training import discriminator_step as dstep
+    from tfcap.training.gan import load_discriminator
+
+    d = load_discriminator(discriminator_dir)
+    ds = pipeline.make_dataset(data_dir, split, 50, seq_per_img=1, deterministic=True)
+    gen, ref, row = [], [], 0
+    for batch in ds:
+        n = int(batch["image_id"].shape[0])
+        if not np.array_equal(batch["image_id"].numpy(), decoded.image_ids[row : row + n]):
+            raise ValueError(f"{split}: images came in another order than when decoding")
+        ids = decoded.ids[row : row + n]
+        human = dstep.human_ids(batch["captions"][:, 0], ids.shape[1])
+        feats, mask = batch["features"], batch["region_mask"]
+        gen.append(dstep.human_probability(d, feats, mask, ids, 1).numpy())
+        ref.append(dstep.human_probability(d, feats, mask, human, 1).numpy())
+        row += n
+    return {
+        "d_human": float(np.mean(np.concatenate(gen))),
+        "d_human_refs": float(np.mean(np.concatenate(ref))),
+    }
 
 
 def main(argv):
@@ -99,6 +142,7 @@ def main(argv):
         _EVAL_SCORERS.value,
         _SWAP_CONTROL.value,
         _RESULTS_JSON.value,
+        _DISCRIMINATOR_DIR.value,
     )
     if _EXAMPLES.value:
         print(report(scores, decoded, refs, _EXAMPLES.value), file=sys.stderr)
@@ -107,12 +151,28 @@ def main(argv):
 
 def report(scores: dict, decoded, refs: dict, examples: int) -> str:
     """A readable score table and a few captions beside a reference (markdown)."""
-    names = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "swapped_CIDEr")
+    names = (
+        "Bleu_1",
+        "Bleu_4",
+        "METEOR",
+        "ROUGE_L",
+        "CIDEr",
+        "swapped_CIDEr",
+        "d_human",
+        "distinct_1",
+        "distinct_2",
+        "unique_captions",
+        "vocabulary",
+    )
     keys = [k for k in names if k in scores]
     lines = [
         "| " + " | ".join(keys) + " |",
         "|" + "---|" * len(keys),
-        "| " + " | ".join(f"{scores[k]:.3f}" for k in keys) + " |",
+        "| "
+        + " | ".join(
+            f"{scores[k]:.3f}" if isinstance(scores[k], float) else str(scores[k]) for k in keys
+        )
+        + " |",
         "",
         "| image | generated | a reference |",
         "|---|---|---|",

@@ -1,4 +1,4 @@
-r"""Trains a captioner: phases xe (cross-entropy), resumable, under a tf.distribute strategy.
+r"""Trains a captioner: phases xe (cross-entropy), scst (self-critical), gan (adversarial).
 
   python -m tfcap.train --flagfile=configs/demo.flags
   python -m tfcap.train --data_dir=DATA --model_dir=RUN --preset=updown --epochs=30
@@ -16,7 +16,7 @@ from absl import app, flags, logging
 
 from tfcap import cli_flags, distribute
 
-PHASES = ("xe",)
+PHASES = ("xe", "scst", "gan")
 
 _PHASES = flags.DEFINE_list("phases", ["xe"], f"Training phases to run in order, of {PHASES}.")
 _PRESET = flags.DEFINE_enum(
@@ -98,6 +98,61 @@ _FINAL_METRICS = flags.DEFINE_bool(
 )
 
 
+_SCST_STEPS = flags.DEFINE_integer(
+    "scst_steps", 0, "SCST steps; 0: use --scst_epochs.", lower_bound=0
+)
+_SCST_EPOCHS = flags.DEFINE_float("scst_epochs", 0, "SCST epochs.", lower_bound=0)
+_SCST_LR = flags.DEFINE_float("scst_learning_rate", 5e-5, "SCST Adam learning rate.", lower_bound=0)
+_NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples", 5, "Sampled captions per image (scst, gan).", lower_bound=1
+)
+_BASELINE = flags.DEFINE_enum(
+    "baseline",
+    "greedy",
+    ["greedy", "mean"],
+    "SCST baseline: the greedy caption's reward, or the mean of the other samples'.",
+)
+_TEMPERATURE = flags.DEFINE_float(
+    "sample_temperature", 1.0, "Sampling temperature (scst, gan).", lower_bound=1e-3
+)
+_SCST_REWARD = flags.DEFINE_enum(
+    "scst_reward", "cider", ["cider", "bleu"], "SCST evaluator: CIDEr-D (train df) or BLEU-4."
+)
+_GAN_STEPS = flags.DEFINE_integer(
+    "gan_steps", 0, "GAN generator steps; 0: use --gan_epochs.", lower_bound=0
+)
+_GAN_EPOCHS = flags.DEFINE_float("gan_epochs", 0, "GAN epochs.", lower_bound=0)
+_GAN_LR = flags.DEFINE_float(
+    "gan_learning_rate", 5e-5, "Generator learning rate in the gan phase.", lower_bound=0
+)
+_GAN_ALPHA = flags.DEFINE_float(
+    "gan_alpha",
+    0.3,
+    "Reward r = alpha * D's p(human) + (1 - alpha) * evaluator.",
+    lower_bound=0,
+    upper_bound=1,
+)
+_GAN_EVALUATOR = flags.DEFINE_enum(
+    "gan_evaluator", "cider", ["cider", "bleu"], "Evaluator e of the gan reward."
+)
+_D_ENCODER = flags.DEFINE_enum(
+    "d_encoder", "lstm", ["lstm", "cnn"], "Discriminator caption encoder."
+)
+_D_HIDDEN = flags.DEFINE_integer("d_hidden", 256, "Discriminator width.", lower_bound=8)
+_D_LR = flags.DEFINE_float(
+    "d_learning_rate", 1e-3, "Discriminator Adam learning rate.", lower_bound=0
+)
+_D_STEPS = flags.DEFINE_integer(
+    "d_steps", 1, "Discriminator updates per generator update.", lower_bound=0
+)
+_D_PRETRAIN = flags.DEFINE_integer(
+    "d_pretrain_steps",
+    200,
+    "Discriminator steps before the first generator step of the gan phase.",
+    lower_bound=0,
+)
+
+
 @flags.validator("phases", message=f"--phases must be a list of {PHASES}")
 def _check_phases(values):
     return bool(values) and all(v in PHASES for v in values)
@@ -163,74 +218,62 @@ def _check_model_dir(model_dir: str, model) -> None:
             )
 
 
-def run_xe(trainer) -> None:
-    """The XE phase: teacher forcing until --train_steps / --epochs."""
-    import keras
-    import tensorflow as tf
+def _phase_configs():
+    from tfcap.training import phases, scst, xe
 
-    from tfcap.training import xe
-
-    spe = trainer.steps_per_epoch()
-    total = _TRAIN_STEPS.value or int(round(_EPOCHS.value * spe))
-    with trainer.strategy.scope():
-        schedule = keras.optimizers.schedules.ExponentialDecay(
-            _LEARNING_RATE.value,
-            max(1, int(_LR_DECAY_EPOCHS.value * spe)),
-            _LR_DECAY_RATE.value,
-            staircase=True,
-        )
-        optimizer = keras.optimizers.Adam(schedule)
-        optimizer.build(trainer.model.trainable_variables)
-    step = trainer.restore(xe_optimizer=optimizer)
-    config = xe.XEConfig(_LABEL_SMOOTHING.value, _GRAD_CLIP.value, _GRAD_CLIP_MODE.value)
-    train_step = xe.make_xe_step(trainer.strategy, trainer.model, optimizer, config)
-    run = trainer.run
-    logging.info(
-        "xe: %d steps (%d per epoch), batch %d images x %d captions",
-        total,
-        spe,
-        run.batch_size,
-        run.seq_per_img,
-    )
-    while step < total:
-        epoch, offset = divmod(step, spe)
-        prob = xe.scheduled_sampling_prob(
-            epoch, _SS_START.value, _SS_EVERY.value, _SS_INCREASE.value, _SS_MAX.value
-        )
-        iterator = trainer.epoch_iterator(epoch, offset)
-        for _ in range(min(spe - offset, total - step)):
-            seed = tf.constant([run.seed, step], tf.int64)
-            loss, norm = train_step(next(iterator), tf.constant(prob, tf.float32), seed)
-            trainer.step.assign_add(1)
-            step += 1
-            if step % run.log_every == 0 or step == total:
-                lr = float(schedule(optimizer.iterations))
-                trainer.progress(
-                    "xe",
-                    total,
-                    {"loss": float(loss), "lr": lr, "grad_norm": float(norm), "sample_prob": prob},
-                )
-            if step % run.eval_every == 0 or step == total:
-                trainer.validate("xe")
-            if step % run.checkpoint_every == 0 or step == total:
-                trainer.save()
+    return {
+        "xe": (
+            phases.PhaseConfig(
+                "xe",
+                _TRAIN_STEPS.value,
+                _EPOCHS.value,
+                _LEARNING_RATE.value,
+                _LR_DECAY_EPOCHS.value,
+                _LR_DECAY_RATE.value,
+            ),
+            xe.XEConfig(_LABEL_SMOOTHING.value, _GRAD_CLIP.value, _GRAD_CLIP_MODE.value),
+            phases.ScheduledSampling(
+                _SS_START.value, _SS_EVERY.value, _SS_INCREASE.value, _SS_MAX.value
+            ),
+        ),
+        "scst": phases.PhaseConfig("scst", _SCST_STEPS.value, _SCST_EPOCHS.value, _SCST_LR.value),
+        "gan": phases.PhaseConfig("gan", _GAN_STEPS.value, _GAN_EPOCHS.value, _GAN_LR.value),
+        "policy": scst.SCSTConfig(
+            _NUM_SAMPLES.value,
+            _BASELINE.value,
+            _TEMPERATURE.value,
+            _GRAD_CLIP.value,
+            _GRAD_CLIP_MODE.value,
+        ),
+    }
 
 
-def final_scores(trainer, phase: str) -> dict:
-    """pycocoevalcap scores on all of val with the best checkpoint's weights."""
-    from tfcap import metrics
+def run_phases(trainer) -> None:
+    """Runs --phases in order, each followed by its score table on val."""
+    from tfcap.training import phases
 
-    decoded = trainer.decode_val(None)
-    refs = {int(i): trainer.val_refs[int(i)] for i in decoded.image_ids}
-    cands = {int(i): c for i, c in zip(decoded.image_ids, decoded.captions, strict=True)}
-    scores = metrics.score_captions(refs, cands)
-    trainer.log_scalars(
-        "val", {f"{phase}/final/{k}": v for k, v in scores.items() if isinstance(v, float)}
-    )
-    if trainer.chief:
-        with open(os.path.join(trainer.run.model_dir, f"scores_{phase}_val.json"), "w") as f:
-            json.dump(scores, f, indent=1)
-    return scores
+    cfg = _phase_configs()
+    for name in _PHASES.value:
+        if name == "xe":
+            phases.run_xe(trainer, *cfg["xe"])
+        elif name == "scst":
+            phases.run_scst(trainer, cfg["scst"], cfg["policy"], _SCST_REWARD.value)
+        elif name == "gan":
+            from tfcap.training import gan
+
+            d_config = gan.GanConfig(
+                alpha=_GAN_ALPHA.value,
+                evaluator=_GAN_EVALUATOR.value,
+                d_encoder=_D_ENCODER.value,
+                d_hidden=_D_HIDDEN.value,
+                d_learning_rate=_D_LR.value,
+                d_steps=_D_STEPS.value,
+                d_pretrain_steps=_D_PRETRAIN.value,
+            )
+            gan.run_gan(trainer, cfg["gan"], cfg["policy"], d_config)
+        if _FINAL_METRICS.value:
+            scores = phases.final_scores(trainer, name)
+            print(json.dumps({"phase": name, "split": "val", **scores}), flush=True)
 
 
 def main(argv):
@@ -266,12 +309,7 @@ def main(argv):
         model.count_params(),
         strategy.num_replicas_in_sync,
     )
-    for phase in _PHASES.value:
-        if phase == "xe":
-            run_xe(trainer)
-        if _FINAL_METRICS.value:
-            scores = final_scores(trainer, phase)
-            print(json.dumps({"phase": phase, "split": "val", **scores}))
+    run_phases(trainer)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ from absl import app, flags, logging
 
 from tfcap import cli_flags
 from tfcap.data import butd_tsv, coco, errors, pipeline, records, shapes, vocab, writer
+from tfcap.rewards import cider
+
+CIDER_DF_FILE = "cider_df_train.json"
 
 _SOURCE = flags.DEFINE_enum(
     "source",
@@ -179,6 +182,13 @@ def build_vocab(split_images, min_count: int, max_len: int):
     return v, ids_by_image
 
 
+def write_train_cider_df(path: str, train_ids, v: vocab.Vocab) -> None:
+    """CIDEr-D document frequencies of the train references, as the SCST reward uses
+    them: the stored (truncated, `<unk>`-mapped) captions, one corpus entry per image."""
+    refs = [[" ".join(v.words[i] for i in ids) for ids in caps] for caps in train_ids]
+    cider.CiderD.from_corpus(refs).to_json(path)
+
+
 def _num_shards(split_images) -> dict[str, int]:
     train = max(len(split_images.get("train", ())), 1)
     return {
@@ -221,6 +231,10 @@ def prepare() -> dict:
         )
         meta = _metadata(split_images, stats, bad, v, num_shards)
         v.save(os.path.join(staging.path, meta["vocab_file"]))
+        train_ids = [
+            ids_by_image[im.image_id] for im in split_images["train"] if im.image_id in written_ids
+        ]
+        write_train_cider_df(os.path.join(staging.path, meta["cider_df"]), train_ids, v)
         for split, ims in split_images.items():
             kept = [im for im in ims if im.image_id in written_ids]
             if not kept:
@@ -263,6 +277,7 @@ def _metadata(split_images, stats, bad, v, num_shards) -> dict:
         "min_regions": min(s["min_regions"] for s in stats.values()),
         "splits": splits,
         "bad_records_skipped": bad.count,
+        "cider_df": CIDER_DF_FILE,
     }
 
 

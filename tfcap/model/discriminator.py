@@ -91,13 +91,25 @@ class Discriminator(keras.Model):
         self.embedding = keras.layers.Embedding(
             vocab_size, embed_dim, name="embedding", dtype=self.dtype_policy
         )
-        self.embed_dropout = keras.layers.Dropout(dropout, name="embed_dropout")
+        self.embed_dropout = keras.layers.Dropout(
+            dropout, name="embed_dropout", dtype=self.dtype_policy
+        )
         if encoder == "lstm":
-            self.lstm = keras.layers.LSTM(hidden, name="lstm", dtype=self.dtype_policy)
+            self.lstm = keras.layers.LSTM(
+                hidden,
+                return_sequences=True,
+                return_state=True,
+                name="lstm",
+                dtype=self.dtype_policy,
+            )
         else:
             self.convs = [
                 keras.layers.Conv1D(
-                    hidden, w, padding="same", activation="relu", name=f"conv{w}",
+                    hidden,
+                    w,
+                    padding="same",
+                    activation="relu",
+                    name=f"conv{w}",
                     dtype=self.dtype_policy,
                 )
                 for w in self.conv_widths
@@ -108,7 +120,9 @@ class Discriminator(keras.Model):
             self.query_proj = dense(hidden, name="query_proj")
             self.key_proj = dense(hidden, name="key_proj")
             self.context_proj = dense(hidden, use_bias=False, name="context_proj")
-        self.mlp_dropout = keras.layers.Dropout(dropout, name="mlp_dropout")
+        self.mlp_dropout = keras.layers.Dropout(
+            dropout, name="mlp_dropout", dtype=self.dtype_policy
+        )
         self.mlp = dense(hidden, activation="relu", name="mlp")
         self.out = dense(1, name="out")
 
@@ -126,10 +140,11 @@ class Discriminator(keras.Model):
             self.text_proj.build((None, hidden * len(self.convs)))
         self.image_proj.build((None, dim))
         if self.attention:
-            self.query_proj.build((None, hidden))
+            token_dim = hidden if self.encoder == "lstm" else hidden * len(self.convs)
+            self.query_proj.build((None, None, token_dim))
             self.key_proj.build((None, None, dim))
             self.context_proj.build((None, dim))
-        self.mlp.build((None, 3 * hidden))
+        self.mlp.build((None, 3 * hidden + int(self.attention)))
         self.out.build((None, hidden))
 
     def call(self, inputs, training=False):
@@ -151,7 +166,8 @@ class Discriminator(keras.Model):
             region_mask = tf.ones(tf.shape(features)[:2], tf.bool)
         region_mask = tf.cast(region_mask, tf.bool)
         ids = normalize_ids(ids, self.max_len)  # [rows, length]
-        text = self.encode_text(ids, training)  # [rows, hidden]
+        mask = tf.not_equal(ids, PAD_ID)  # [rows, length]
+        text, tokens = self.encode_text(ids, mask, training)  # [rows, hidden], [rows, length, .]
         batch = tf.shape(features)[0]
         per_image = tf.shape(ids)[0] // batch
         tf.debugging.assert_equal(
@@ -160,35 +176,57 @@ class Discriminator(keras.Model):
         weights = tf.cast(region_mask, features.dtype)[..., None]  # [batch, regions, 1]
         mean = tf.reduce_sum(features * weights, 1) / tf.maximum(tf.reduce_sum(weights, 1), 1.0)
         image = tf.repeat(self.image_proj(mean), per_image, axis=0)  # [rows, hidden]
+        joint = [text * image, text, image]
         if self.attention:
-            image += self._attend(text, features, region_mask, per_image)
-        joint = tf.concat([text * image, text, image], axis=-1)  # [rows, 3 * hidden]
+            context, agreement = self._attend(tokens, mask, features, region_mask, per_image)
+            joint = [text * (image + context), text, image + context, agreement]
+        joint = tf.concat(joint, axis=-1)  # [rows, 3 * hidden (+ 1)]
         joint = self.mlp(self.mlp_dropout(joint, training=training))
         return tf.cast(self.out(joint)[:, 0], tf.float32)
 
-    def encode_text(self, ids, training=False):
-        """Caption encodings `[rows, hidden]` of normalised `ids` `[rows, length]`."""
-        mask = tf.not_equal(ids, PAD_ID)  # [rows, length]
+    def encode_text(self, ids, mask, training=False):
+        """Encodings of normalised `ids` `[rows, length]` with `mask` (ids != 0).
+
+        Returns:
+            the caption `[rows, hidden]` and its tokens `[rows, length, token_dim]`
+            (`hidden` for "lstm", `hidden * len(conv_widths)` for "cnn").
+        """
         words = self.embed_dropout(self.embedding(ids), training=training)
         words *= tf.cast(mask, words.dtype)[..., None]  # zero pads: "same" convs see zeros
         if self.encoder == "lstm":
-            return self.lstm(words, mask=mask, training=training)
-        pooled = []
-        for conv in self.convs:
-            maps = conv(words)  # [rows, length, hidden], >= 0 after the relu
-            pooled.append(tf.reduce_max(tf.where(mask[..., None], maps, 0.0), axis=1))
-        return self.text_proj(tf.concat(pooled, axis=-1))
+            tokens, last, _ = self.lstm(words, mask=mask, training=training)
+            return last, tokens
+        # Conv maps are >= 0 (relu): 0 on padding leaves the max over time unchanged.
+        maps = [tf.where(mask[..., None], conv(words), 0.0) for conv in self.convs]
+        tokens = tf.concat(maps, axis=-1)  # [rows, length, hidden * widths]
+        return self.text_proj(tf.reduce_max(tokens, axis=1)), tokens
 
-    def _attend(self, text, features, region_mask, per_image):
-        """Regions pooled per caption, `[rows, hidden]`, without repeating the features."""
-        query = self.query_proj(text)  # [rows, hidden]
-        query = tf.reshape(query, [tf.shape(features)[0], per_image, self.hidden])
+    def _attend(self, tokens, mask, features, region_mask, per_image):
+        """Each caption token attends over its image's regions (never repeated per row).
+
+        Returns:
+            `[rows, hidden]`: the attended regions, averaged over the caption's
+            tokens and projected; `[rows, 1]`: the tokens' mean expected
+            query-key agreement, how well the image holds what the words name.
+        """
+        batch, length = tf.shape(features)[0], tf.shape(tokens)[1]
+        query = self.query_proj(tokens)  # [rows, length, hidden]
+        query = tf.reshape(query, [batch, per_image, length, self.hidden])
         keys = self.key_proj(features)  # [batch, regions, hidden]
-        logits = tf.einsum("bmh,brh->bmr", query, keys) * (self.hidden**-0.5)
-        logits = tf.where(region_mask[:, None, :], tf.cast(logits, tf.float32), _MASK_LOGIT)
-        weights = tf.cast(tf.nn.softmax(logits, axis=-1), features.dtype)
-        context = tf.einsum("bmr,brd->bmd", weights, features)  # [batch, m, dim]
-        return self.context_proj(tf.reshape(context, [-1, features.shape[-1]]))
+        scores = tf.einsum("bmlh,brh->bmlr", query, keys) * (self.hidden**-0.5)
+        scores = tf.cast(scores, tf.float32)
+        logits = tf.where(region_mask[:, None, None, :], scores, _MASK_LOGIT)
+        weights = tf.nn.softmax(logits, axis=-1)  # [batch, m, length, regions]
+        agreement = tf.reduce_sum(
+            weights * tf.where(region_mask[:, None, None, :], scores, 0.0), -1
+        )
+        token_mask = tf.cast(tf.reshape(mask, [batch, per_image, length]), tf.float32)
+        count = tf.maximum(tf.reduce_sum(token_mask, -1), 1.0)  # [batch, m]
+        pooled = tf.einsum("bmlr,bml->bmr", weights, token_mask) / count[..., None]
+        context = tf.einsum("bmr,brd->bmd", tf.cast(pooled, features.dtype), features)
+        agreement = tf.reduce_sum(agreement * token_mask, -1) / count  # [batch, m]
+        context = self.context_proj(tf.reshape(context, [-1, features.shape[-1]]))
+        return context, tf.cast(tf.reshape(agreement, [-1, 1]), context.dtype)
 
     def get_config(self):
         return {

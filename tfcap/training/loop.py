@@ -57,13 +57,19 @@ class Trainer:
         self.chief = distribute.is_chief(strategy)
         with strategy.scope():
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            self._phase_steps = {
+                name: tf.Variable(0, dtype=tf.int64, trainable=False, name=f"{name}_step")
+                for name in ("xe", "scst", "gan")
+            }
         self.trackables: dict[str, Any] = {"model": model, "step": self.step}
+        self.trackables.update({f"{k}_step": v for k, v in self._phase_steps.items()})
         self.best_score = -np.inf
         self.val_refs = inference.references(run.data_dir, "val")
         self._val_cider = None
         self._generate = None
         self._writers = {}
-        self._last_log = (time.time(), 0)
+        self._last_log = (time.time(), None)
+        self._train_cider = None
 
     # -- checkpoints ---------------------------------------------------------
     def _dir(self, sub: str) -> str:
@@ -76,8 +82,13 @@ class Trainer:
         ckpt = tf.train.Checkpoint(**objects)
         return tf.train.CheckpointManager(ckpt, self._dir(sub), max_to_keep=keep)
 
+    def phase_step(self, phase: str) -> tf.Variable:
+        """The step counter of `phase` (in the checkpoint)."""
+        return self._phase_steps[phase]
+
     def restore(self, **extra) -> int:
-        """Adds `extra` trackables (optimizers) and restores the latest checkpoint."""
+        """Adds `extra` trackables (optimizers, discriminator) and restores the latest
+        checkpoint; objects it does not hold yet (a later phase's) keep their values."""
         self.trackables.update(extra)
         self.latest = self._manager(
             checkpoints.LATEST, self.run.keep_checkpoints, **self.trackables
@@ -88,7 +99,8 @@ class Trainer:
             with open(best_json, encoding="utf-8") as f:
                 self.best_score = json.load(f)["CIDEr"]
         if self.latest.latest_checkpoint:
-            self.latest.checkpoint.restore(self.latest.latest_checkpoint).assert_consumed()
+            status = self.latest.checkpoint.restore(self.latest.latest_checkpoint)
+            status.expect_partial().assert_nontrivial_match()
             logging.info(
                 "resumed from %s at step %d", self.latest.latest_checkpoint, self.step.numpy()
             )
@@ -97,6 +109,11 @@ class Trainer:
     def save(self) -> None:
         path = self.latest.save(checkpoint_number=self.step)
         logging.info("saved %s", path)
+
+    def save_phase(self, phase: str) -> None:
+        """Keeps the model as it is at the end of `phase` (MODEL_DIR/phase_NAME)."""
+        manager = self._manager(f"phase_{phase}", 1, model=self.model, step=self.step)
+        manager.save(checkpoint_number=self.step)
 
     # -- input ---------------------------------------------------------------
     def steps_per_epoch(self) -> int:
@@ -108,8 +125,9 @@ class Trainer:
             )
         return steps
 
-    def epoch_iterator(self, epoch: int, skip: int):
-        """The distributed input of `epoch`, after `skip` batches."""
+    def epoch_iterator(self, epoch: int, skip: int, seed_offset: int = 0):
+        """The distributed input of `epoch` (shuffled with seed `seed + seed_offset +
+        epoch`), after `skip` batches."""
         run = self.run
 
         def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -141,13 +159,16 @@ class Trainer:
             for key, value in scalars.items():
                 tf.summary.scalar(key, value)
 
-    def progress(self, phase: str, total: int, scalars: dict[str, float]) -> None:
-        """Logs a progress line and TensorBoard scalars (every `log_every` steps)."""
-        step = int(self.step.numpy())
+    def reset_progress(self, step: int) -> None:
+        """Starts the examples/s clock of a phase at its `step`."""
+        self._last_log = (time.time(), step)
+
+    def progress(self, phase: str, step: int, total: int, scalars: dict[str, float]) -> None:
+        """Logs a progress line and TensorBoard scalars for `phase` at its `step`."""
         now = time.time()
         then, then_step = self._last_log
-        rate = (step - then_step) / max(now - then, 1e-9)
         self._last_log = (now, step)
+        rate = (step - then_step) / max(now - then, 1e-9) if then_step is not None else 0.0
         images = rate * self.run.batch_size
         eta = (total - step) / rate if rate > 0 else float("nan")
         scalars = {**scalars, "examples_per_s": images}
@@ -202,6 +223,21 @@ class Trainer:
                     {"step": step, "phase": phase, "CIDEr": score, "val_images": len(refs)},
                 )
         return score
+
+    def train_cider(self) -> cider.CiderD:
+        """CIDEr-D with the train references' document frequencies (dataset's file)."""
+        if self._train_cider is None:
+            name = self.meta.get("cider_df")
+            if not name:
+                raise ValueError(
+                    f"{self.run.data_dir}/dataset.json names no cider_df: prepare the "
+                    "dataset again with this tfcap to train with a CIDEr-D reward"
+                )
+            path = os.path.join(self.run.data_dir, name)
+            self._train_cider = cider.CiderD.from_json(
+                path, vocabulary=self.words.words, eos_id=vocab.EOS_ID
+            )
+        return self._train_cider
 
     @staticmethod
     def _tokenized(texts: list[str]) -> list[str]:

@@ -57,6 +57,7 @@ def apply_replica_gradients(
     so each passes its share (`1 / replicas`) of the summed, clipped gradient.
     """
     ctx = tf.distribute.get_replica_context()
+    grads = [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices (embeddings) made dense
     grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
     norm = tf.linalg.global_norm(grads)
     grads = clip_gradients(grads, clip, mode)

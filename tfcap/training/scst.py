@@ -1,0 +1,198 @@
+"""Self-critical policy-gradient steps (SCST, Rennie et al. 2017) and their rewards.
+
+Per image the generator samples `num_samples` captions; each gets a sequence
+reward r (an evaluator such as CIDEr-D, or the adversarial mix of
+`tfcap.rewards.gan`); the baseline b is the reward of the greedy caption
+("greedy") or the mean reward of the image's other samples ("mean"). The loss
+is -sum_t (r - b) log p(w_t) over every generated token up to and including
+`<eos>`, divided by the global token count, so every replica computes its
+share of one global step.
+
+Reward functions run on the host (`tf.numpy_function`) and take token ids:
+
+    reward_fn(sample_ids int32 [rows, max_len], image_index int32 [rows],
+              reference_ids int32 [batch, seq_per_img, length]) -> float32 [rows]
+
+`reference_ids` are the batch's `captions` without the leading `<bos>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfcap.data import vocab
+from tfcap.model.captioner import Captioner
+from tfcap.rewards import bleu, cider
+from tfcap.training.xe import apply_replica_gradients
+
+RewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+BASELINES = ("greedy", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class SCSTConfig:
+    num_samples: int = 5
+    baseline: str = "greedy"
+    temperature: float = 1.0
+    grad_clip: float = 0.1
+    grad_clip_mode: str = "value"
+
+
+def cider_reward(scorer: cider.CiderD) -> RewardFn:
+    """CIDEr-D of each sample against its image's references (scorer's df)."""
+
+    def reward(ids, index, refs):
+        encoded = scorer.encode_references(np.asarray(refs))
+        return scorer.score_ids(np.asarray(ids), np.asarray(index), encoded)[1].astype(np.float32)
+
+    return reward
+
+
+def bleu_reward() -> RewardFn:
+    """Sentence BLEU-4 of each sample against its image's references."""
+
+    def reward(ids, index, refs):
+        return bleu.bleu_ids(ids, index, refs, eos_id=vocab.EOS_ID)
+
+    return reward
+
+
+def host_reward(fn: RewardFn, ids, index, refs) -> tf.Tensor:
+    """Calls a host reward function from the graph: float32 `[rows]`."""
+    out = tf.numpy_function(fn, [ids, index, refs], tf.float32, stateful=False)
+    return tf.ensure_shape(out, [None])
+
+
+def baseline_of(
+    rewards: tf.Tensor, num_samples: int, kind: str, greedy_rewards: tf.Tensor | None = None
+) -> tf.Tensor:
+    """The baseline of each sample: float32 `[batch * num_samples]`.
+
+    >>> r = tf.constant([1.0, 2.0, 3.0, 10.0, 10.0, 10.0])
+    >>> baseline_of(r, 3, "mean").numpy().tolist()
+    [2.5, 2.0, 1.5, 10.0, 10.0, 10.0]
+    """
+    if kind == "greedy":
+        return tf.repeat(greedy_rewards, num_samples)
+    if kind == "mean":
+        if num_samples < 2:
+            raise ValueError("the 'mean' baseline needs num_samples >= 2")
+        per_image = tf.reshape(rewards, [-1, num_samples])
+        others = (tf.reduce_sum(per_image, 1, keepdims=True) - per_image) / (num_samples - 1)
+        return tf.reshape(others, [-1])
+    raise ValueError(f"baseline must be one of {BASELINES}, got {kind!r}")
+
+
+def policy_loss(model: Captioner, features, region_mask, ids, advantages, tokens):
+    """-sum(advantage * log p(token)) / tokens, and the policy's mean entropy.
+
+    Args:
+        ids: int32 `[rows, max_len]` samples (no `<bos>`, 0 after `<eos>`).
+        advantages: float32 `[rows]`, treated as constants.
+        tokens: float32 scalar, the global number of generated tokens.
+    """
+    bos = tf.fill([tf.shape(ids)[0], 1], vocab.BOS_ID)
+    logits, _ = model.teacher_forcing(features, region_mask, tf.concat([bos, ids], 1))
+    log_probs = tf.nn.log_softmax(logits)  # [rows, max_len, vocab]
+    token_lp = tf.gather(log_probs, ids, batch_dims=2)  # [rows, max_len]
+    mask = generated_mask(ids)
+    weights = tf.cast(mask, tf.float32)
+    loss = -tf.reduce_sum(tf.stop_gradient(advantages)[:, None] * token_lp * weights) / tokens
+    entropy = -tf.reduce_sum(tf.exp(log_probs) * log_probs, -1)  # [rows, max_len]
+    mean_entropy = tf.reduce_sum(tf.stop_gradient(entropy) * weights) / tf.maximum(
+        tf.reduce_sum(weights), 1.0
+    )
+    return loss, mean_entropy
+
+
+def generated_mask(ids: tf.Tensor) -> tf.Tensor:
+    """bool `[rows, max_len]`: True up to and including the first `<eos>`, and not on padding."""
+    ended = tf.cumsum(tf.cast(tf.equal(ids, vocab.EOS_ID), tf.int32), axis=1, exclusive=True)
+    return tf.equal(ended, 0) & tf.not_equal(ids, vocab.PAD_ID)
+
+
+RewardGraphFn = Callable[[dict, tf.Tensor, int], tf.Tensor]
+
+
+def make_policy_step(
+    strategy: tf.distribute.Strategy,
+    model: Captioner,
+    optimizer: keras.optimizers.Optimizer,
+    reward: RewardGraphFn,
+    config: SCSTConfig,
+):
+    """A tf.function `(distributed batch, seed [2]) -> dict of scalars`.
+
+    `reward(batch, ids, per_image)` gives float32 `[rows]` for `ids` `[rows, max_len]`
+    holding `per_image` captions of each image of `batch` (image-major).
+    """
+    k = config.num_samples
+
+    def replica_step(batch, seed):
+        ctx = tf.distribute.get_replica_context()
+        feats, mask = batch["features"], batch["region_mask"]
+        seed = tf.random.experimental.stateless_fold_in(seed, ctx.replica_id_in_sync_group)
+        samples = model.generate(
+            feats, mask, method="sample", num_samples=k, temperature=config.temperature, seed=seed
+        )
+        ids = tf.stop_gradient(samples.ids)
+        rewards = reward(batch, ids, k)
+        greedy_rewards = None
+        if config.baseline == "greedy":
+            greedy_ids = model.generate(feats, mask, method="greedy")[0]
+            greedy_rewards = reward(batch, greedy_ids, 1)
+        baseline = baseline_of(rewards, k, config.baseline, greedy_rewards)
+        advantages = rewards - baseline
+        gen_mask = generated_mask(ids)
+        local_tokens = tf.reduce_sum(tf.cast(gen_mask, tf.float32))
+        tokens = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_tokens)
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            loss, entropy = policy_loss(
+                model, feats, mask, ids, advantages, tf.maximum(tokens, 1.0)
+            )
+        grads = tape.gradient(loss, variables)
+        norm = apply_replica_gradients(
+            optimizer, grads, variables, config.grad_clip, config.grad_clip_mode
+        )
+        rows = tf.cast(tf.shape(ids)[0], tf.float32)
+        return {
+            "loss": loss,
+            "reward": tf.reduce_mean(rewards),
+            "baseline": tf.reduce_mean(baseline),
+            "advantage": tf.reduce_mean(advantages),
+            "entropy": entropy,
+            "length": local_tokens / rows,
+            "grad_norm": norm,
+        }
+
+    @tf.function
+    def step(dist_batch, seed):
+        out = strategy.run(replica_step, args=(dist_batch, seed))
+        summed = {"loss"}
+        return {
+            key: strategy.reduce(
+                tf.distribute.ReduceOp.SUM if key in summed else tf.distribute.ReduceOp.MEAN,
+                value,
+                axis=None,
+            )
+            for key, value in out.items()
+        }
+
+    return step
+
+
+def evaluator_reward(fn: RewardFn) -> RewardGraphFn:
+    """The in-graph reward of SCST: the host evaluator `fn` on the batch's references."""
+
+    def reward(batch, ids, per_image):
+        batch_size = tf.shape(batch["captions"])[0]
+        index = tf.repeat(tf.range(batch_size), per_image)
+        return host_reward(fn, ids, index, batch["captions"][:, :, 1:])
+
+    return reward
