@@ -213,7 +213,7 @@ class Trainer:
         step = int(self.step.numpy())
         self.log_scalars("val", {f"{phase}/CIDEr": score})
         self._log_examples(decoded, step)
-        logging.info("%s step %d: val CIDEr-D %.4f (%d images)", phase, step, score, len(refs))
+        logging.info("%s (global step %d): val CIDEr-D %.4f (%d images)", phase, step, score, len(refs))
         if score > self.best_score:
             self.best_score = score
             self.best.save(checkpoint_number=self.step)

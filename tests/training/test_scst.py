@@ -1,0 +1,139 @@
+"""SCST and GAN: reward masking and shapes, baselines, the policy gradient's sign,
+rewards equal to the scorers, and resume across the xe -> scst -> gan boundaries."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import run_train
+
+from tfcap import checkpoints
+from tfcap.data import vocab
+from tfcap.model.captioner import Captioner
+from tfcap.rewards import bleu, cider
+from tfcap.training import scst
+
+
+def test_generated_mask_covers_tokens_up_to_eos():
+    ids = tf.constant([[5, 6, 2, 0, 0], [5, 2, 0, 0, 0], [5, 6, 7, 8, 9]])
+    mask = scst.generated_mask(ids).numpy()
+    assert mask.tolist() == [
+        [True, True, True, False, False],
+        [True, True, False, False, False],
+        [True, True, True, True, True],
+    ]
+
+
+def test_baselines():
+    r = tf.constant([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(scst.baseline_of(r, 2, "mean").numpy(), [2, 1, 4, 3])
+    greedy = tf.constant([0.5, 1.5])
+    np.testing.assert_allclose(
+        scst.baseline_of(r, 2, "greedy", greedy).numpy(), [0.5, 0.5, 1.5, 1.5]
+    )
+    with pytest.raises(ValueError, match="num_samples >= 2"):
+        scst.baseline_of(r, 1, "mean")
+
+
+def _tiny_model(vocab_size=12, regions=3, dim=4):
+    tf.keras.utils.set_random_seed(0)
+    model = Captioner(vocab_size, rnn_size=8, embed_dim=8, att_hidden=4, dropout=0.0, max_len=6)
+    model.build((None, regions, dim))
+    feats = tf.random.stateless_normal([2, regions, dim], [1, 1])
+    return model, feats, tf.ones([2, regions], tf.bool)
+
+
+def test_policy_loss_ignores_tokens_after_eos():
+    model, feats, mask = _tiny_model()
+    adv = tf.constant([1.0, -0.5])
+    a = tf.constant([[5, 6, 2, 0, 0, 0], [7, 2, 0, 0, 0, 0]])
+    b = tf.constant([[5, 6, 2, 9, 9, 9], [7, 2, 4, 4, 4, 4]])  # garbage after <eos>
+    loss_a, _ = scst.policy_loss(model, feats, mask, a, adv, tf.constant(5.0))
+    loss_b, _ = scst.policy_loss(model, feats, mask, scst_ids_masked(b), adv, tf.constant(5.0))
+    assert float(loss_a) == pytest.approx(float(loss_b), abs=1e-6)
+
+
+def scst_ids_masked(ids):
+    """Samplers zero everything after <eos>; do the same for the garbage rows."""
+    return tf.where(scst.generated_mask(ids), ids, 0)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_policy_gradient_sign(sign):
+    """A step on a positive-advantage sample raises its log-probability (and lowers it
+    for a negative advantage)."""
+    model, feats, mask = _tiny_model()
+    ids = model.generate(feats, mask, method="sample", num_samples=1, seed=3).ids
+
+    def seq_log_prob():
+        lp, m = model.sequence_log_probs(feats, mask, ids)
+        return tf.reduce_sum(lp, axis=1).numpy()
+
+    before = seq_log_prob()
+    with tf.GradientTape() as tape:
+        loss, _ = scst.policy_loss(model, feats, mask, ids, tf.constant([sign, sign]), 1.0)
+    grads = tape.gradient(loss, model.trainable_variables)
+    for g, v in zip(grads, model.trainable_variables, strict=True):
+        v.assign_sub(0.05 * tf.convert_to_tensor(g))
+    change = seq_log_prob() - before
+    assert np.all(np.sign(change) == sign), change
+
+
+def test_cider_reward_equals_scorer_on_strings():
+    words = list(vocab.SPECIALS) + ["a", "red", "circle", "blue", "square"]
+    refs_text = [["a red circle", "red circle"], ["a blue square", "blue square"]]
+    scorer = cider.CiderD(refs_text, vocabulary=words, eos_id=vocab.EOS_ID)
+    enc = {w: i for i, w in enumerate(words)}
+    refs = np.zeros([2, 2, 5], np.int32)
+    for i, image in enumerate(refs_text):
+        for j, text in enumerate(image):
+            toks = [enc[w] for w in text.split()] + [vocab.EOS_ID]
+            refs[i, j, : len(toks)] = toks
+    samples = np.array([[4, 5, 6, 2, 0], [5, 6, 2, 0, 0], [4, 7, 8, 2, 0], [4, 5, 6, 2, 0]])
+    index = np.array([0, 0, 1, 1])
+    got = scst.cider_reward(scorer)(samples, index, refs)
+    texts = ["a red circle", "red circle", "a blue square", "a red circle"]
+    _, want = scorer.score(texts, [refs_text[i] for i in index])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got.dtype == np.float32 and got[0] > got[3]  # same caption, wrong image
+
+
+def test_bleu_reward():
+    refs = np.array([[[4, 5, 6, 7, 2], [4, 5, 2, 0, 0]]])
+    got = scst.bleu_reward()(np.array([[4, 5, 6, 7, 2], [8, 9, 2, 0, 0]]), np.array([0, 0]), refs)
+    assert got[0] == pytest.approx(1.0) and got[1] == 0.0
+    assert bleu.sentence_bleu((4, 5, 6), [(4, 5, 6, 7)]) < 1.0  # brevity penalty
+
+
+def test_evaluator_reward_in_graph_shapes():
+    words = list(vocab.SPECIALS) + ["a", "b"]
+    scorer = cider.CiderD([["a b"], ["b b"]], vocabulary=words, eos_id=vocab.EOS_ID)
+    reward = scst.evaluator_reward(scst.cider_reward(scorer))
+    batch = {"captions": tf.constant([[[1, 4, 5, 2]]] * 2)}  # [batch 2, 1 ref, length 4]
+    out = tf.function(reward, reduce_retracing=True)(batch, tf.constant([[4, 5, 2]] * 6), 3)
+    assert out.shape == [6] and np.all(out.numpy() > 0)
+
+
+def _weights(model_dir):
+    model, _, _ = checkpoints.load_model(str(model_dir), "latest")
+    return [v.numpy() for v in model.weights]
+
+
+def test_resume_across_phase_boundaries(shapes_dir, tmp_path):
+    budget = dict(
+        train_steps=3,
+        scst_steps=3,
+        gan_steps=3,
+        d_pretrain_steps=2,
+        num_samples=2,
+        eval_every=100,
+        checkpoint_every=1,
+    )
+    run_train(shapes_dir, tmp_path / "whole", phases="xe,scst,gan", **budget)
+    split = tmp_path / "split"
+    run_train(shapes_dir, split, phases="xe", **budget)
+    run_train(shapes_dir, split, phases="xe,scst", **{**budget, "scst_steps": 2})
+    run_train(shapes_dir, split, phases="xe,scst,gan", **budget)
+    for name in ("phase_xe", "phase_scst", "phase_gan"):
+        assert tf.train.latest_checkpoint(str(split / name)), name
+    for a, b in zip(_weights(tmp_path / "whole"), _weights(split), strict=True):
+        np.testing.assert_array_equal(a, b)
