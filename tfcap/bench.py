@@ -6,6 +6,13 @@ Benchmarks:
   input   tf.data records/s of the training input (parse, decode, pad, shuffle,
           batch), on --data_dir or on random records it writes itself at the
           updown preset's size (36 regions x 2048 float16, 5 x 16-token captions).
+  cider   CIDEr-D of 50 captions x 5 references: pycocoevalcap's scorer against
+          tfcap's (strings; token ids with references encoded once; and the SCST
+          reward path, which encodes the batch's references every call).
+  xe      one XE training step (forward, backward, Adam) at --preset, batch
+          --batch_size images x 5 captions of 16 tokens, random data.
+  scst    one SCST step (5 samples per image, greedy baseline, CIDEr-D reward,
+          update) at --preset, same batch.
 
 Every figure is measured in this run; ratios compare figures of the same run.
 """
@@ -24,7 +31,11 @@ from absl import app, flags, logging
 
 from tfcap import cli_flags
 
-_ONLY = flags.DEFINE_list("only", ["input"], "Benchmarks to run (comma list): input.")
+BENCHMARKS = ("input", "cider", "xe", "scst")
+_ONLY = flags.DEFINE_list("only", list(BENCHMARKS), f"Benchmarks to run, of {BENCHMARKS}.")
+_PRESET = flags.DEFINE_enum(
+    "bench_preset", "updown", ["updown", "multiatt", "demo"], "Model size of the xe/scst figures."
+)
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results JSON here.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions per figure.", lower_bound=1)
 
@@ -67,12 +78,18 @@ def _bench_dataset_dir(tmp: str, images: int = 1000, shards: int = 4) -> str:
     writer.write_json(
         os.path.join(out, pipeline.METADATA_FILE),
         {
-            "schema_version": records.SCHEMA_VERSION, "source": "bench", "vocab_file": "vocab.txt",
-            "vocab_size": len(words), "max_caption_len": 16, "feature_dim": dim,
-            "features_dtype": "float16", "max_regions": regions, "min_regions": regions,
+            "schema_version": records.SCHEMA_VERSION,
+            "source": "bench",
+            "vocab_file": "vocab.txt",
+            "vocab_size": len(words),
+            "max_caption_len": 16,
+            "feature_dim": dim,
+            "features_dtype": "float16",
+            "max_regions": regions,
+            "min_regions": regions,
             "splits": {"train": {"images": images, "captions": 5 * images, "shards": shards}},
         },
-    )  # fmt: skip
+    )
     return out
 
 
@@ -101,6 +118,88 @@ def bench_input(data_dir: str, batch_size: int, repeats: int) -> dict:
     }
 
 
+def bench_cider(repeats: int) -> dict:
+    """tfcap's CIDEr-D against pycocoevalcap's, incl. the SCST reward as called in training."""
+    import numpy as np
+
+    from tfcap.rewards import cider
+    from tfcap.training import scst
+
+    out = cider.benchmark(num_candidates=50, refs_per_image=5, repeats=repeats)
+    rng = np.random.default_rng(1)
+    words = ["<pad>", "<bos>", "<eos>", "<unk>"] + [f"w{i}" for i in range(2000)]
+    train = [[" ".join(rng.choice(words[4:], 10)) for _ in range(5)] for _ in range(2000)]
+    reward = scst.cider_reward(cider.CiderD(train, vocabulary=words, eos_id=2))
+    refs = rng.integers(4, len(words), size=(10, 5, 17))
+    samples, index = rng.integers(4, len(words), size=(50, 16)), np.repeat(np.arange(10), 5)
+    out["scst_reward_s"] = median_time(lambda: reward(samples, index, refs), repeats)
+    out["speedup_scst_reward"] = out["pycocoevalcap_s"] / out["scst_reward_s"]
+    return out
+
+
+def _random_batch(preset: str, batch_size: int, seq_per_img: int = 5):
+    import tensorflow as tf
+
+    regions, dim, vocab_size = (10, 256, 66) if preset == "demo" else (36, 2048, 9487)
+    g = tf.random.Generator.from_seed(0)
+    captions = g.uniform([batch_size, seq_per_img, 18], 4, vocab_size, tf.int32)
+    captions = tf.concat(
+        [
+            tf.ones_like(captions[..., :1]),
+            captions[..., 1:17],
+            tf.fill(tf.shape(captions[..., :1]), 2),
+        ],
+        -1,
+    )
+    batch = {
+        "features": tf.nn.relu(g.normal([batch_size, regions, dim])),
+        "region_mask": tf.ones([batch_size, regions], tf.bool),
+        "captions": captions,
+    }
+    return batch, vocab_size, dim
+
+
+def bench_steps(preset: str, batch_size: int, repeats: int, which: list[str]) -> dict:
+    """Seconds per XE and SCST step at `preset` (random data, default strategy)."""
+    import keras
+    import tensorflow as tf
+
+    from tfcap.model.captioner import Captioner
+    from tfcap.rewards import cider
+    from tfcap.training import scst, xe
+
+    batch, vocab_size, dim = _random_batch(preset, batch_size)
+    model = Captioner.from_preset(preset, vocab_size)
+    model.build((None, None, dim))
+    optimizer = keras.optimizers.Adam(5e-4)
+    optimizer.build(model.trainable_variables)
+    strategy = tf.distribute.get_strategy()
+    out = {
+        "preset": preset,
+        "batch_images": batch_size,
+        "captions_per_image": 5,
+        "parameters": model.count_params(),
+    }
+    seed = tf.constant([0, 0], tf.int64)
+    if "xe" in which:
+        step = xe.make_xe_step(strategy, model, optimizer, xe.XEConfig())
+        out["xe_step_s"] = median_time(
+            lambda: step(batch, tf.constant(0.0), seed)[0].numpy(), repeats, warmup=2
+        )
+    if "scst" in which:
+        words = [str(i) for i in range(vocab_size)]
+        refs = batch["captions"][:, :, 1:].numpy()
+        scorer = cider.CiderD(
+            [[" ".join(map(str, r)) for r in image] for image in refs], vocabulary=words, eos_id=2
+        )
+        reward = scst.evaluator_reward(scst.cider_reward(scorer))
+        step = scst.make_policy_step(strategy, model, optimizer, reward, scst.SCSTConfig())
+        out["scst_step_s"] = median_time(
+            lambda: step(batch, seed)["loss"].numpy(), repeats, warmup=2
+        )
+    return out
+
+
 def machine() -> dict:
     return {
         "cpu_count": os.cpu_count(),
@@ -123,6 +222,14 @@ def main(argv):
                 results["results"]["input"] = bench_input(
                     data_dir, cli_flags.BATCH_SIZE.value, _REPEATS.value
                 )
+            elif name == "cider":
+                results["results"]["cider"] = bench_cider(_REPEATS.value)
+            elif name in ("xe", "scst"):
+                if "steps" not in results["results"]:
+                    which = [n for n in _ONLY.value if n in ("xe", "scst")]
+                    results["results"]["steps"] = bench_steps(
+                        _PRESET.value, cli_flags.BATCH_SIZE.value, _REPEATS.value, which
+                    )
             else:
                 raise app.UsageError(f"--only: unknown benchmark {name!r}")
     text = json.dumps(results, indent=1)
