@@ -32,12 +32,19 @@ _MASK_LOGIT = -1e4
 class Discriminator(keras.Model):
     """Scores (image, caption) pairs: a logit that the caption is human AND fits the image.
 
-    Image: masked mean of the regions -> Dense; with `attention`, plus the
-    regions pooled by scaled dot-product attention with the caption encoding as
-    query. Caption: embedding, then an LSTM (`encoder="lstm"`, last state) or
-    parallel Conv1D of widths `conv_widths` with masked max-over-time pooling
-    (`encoder="cnn"`, the text-CNN discriminator). The two `[rows, hidden]`
-    vectors `t`, `v` are joined as `[t * v, t, v]` -> Dense(relu) -> Dense(1).
+    Caption: embedding, then an LSTM (`encoder="lstm"`: the last state, and the
+    per-token states) or parallel Conv1D of widths `conv_widths` (`encoder="cnn"`,
+    the text-CNN discriminator: masked max-over-time of the relu maps -> Dense,
+    and the per-token maps). Image: masked mean of the regions -> Dense. With
+    `attention`, each caption token queries its image's regions (scaled dot
+    product); the attended regions, averaged over the tokens, join the image
+    vector, and the tokens' mean expected query-key score ("agreement": do the
+    regions hold what the words name?) joins the MLP input. Caption `t` and
+    image `v` `[rows, hidden]` are joined as `[t * v, t, v (, agreement)]` ->
+    Dense(relu) -> Dense(1).
+
+    Token-level grounding is what lets D generalise to unseen images: with a
+    sentence vector only, a small D mostly memorises its training pairs.
 
     Args:
         vocab_size: int. Vocabulary incl. `<pad>`, `<bos>`, `<eos>`, `<unk>`.
@@ -46,7 +53,7 @@ class Discriminator(keras.Model):
         encoder: "lstm" or "cnn".
         dropout: float. Rate on the word embeddings and before the MLP.
         max_len: int. Caption tokens read at most, incl. `<eos>`.
-        attention: bool. Add the caption-queried attention pooling of regions.
+        attention: bool. Add the token-queried attention over regions.
         conv_widths: sequence of int. Filter widths of the "cnn" encoder.
 
     Call arguments:
@@ -127,7 +134,7 @@ class Discriminator(keras.Model):
         self.out = dense(1, name="out")
 
     def build(self, input_shape):
-        """`input_shape`: the inputs dict's shapes, or the features shape `[batch, regions, dim]`."""
+        """Creates all weights; `input_shape`: the inputs dict's or `[batch, regions, dim]`."""
         if isinstance(input_shape, dict):
             input_shape = input_shape["features"]
         dim, hidden = input_shape[-1], self.hidden
@@ -243,7 +250,7 @@ class Discriminator(keras.Model):
 
 
 def normalize_ids(ids, max_len=None):
-    """int32 ids in the generator's convention: a leading `<bos>` stripped per row, cut to `max_len`.
+    """int32 ids, generator convention: a leading `<bos>` stripped per row, cut to `max_len`.
 
     >>> normalize_ids(tf.constant([[1, 5, 2, 0], [5, 6, 2, 0]])).numpy().tolist()
     [[5, 2, 0, 0], [5, 6, 2, 0]]
