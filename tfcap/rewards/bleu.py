@@ -37,7 +37,7 @@ def sentence_bleu(candidate: tuple, references: Sequence[tuple], n: int = 4) -> 
     >>> round(sentence_bleu((1, 2, 3, 4), [(1, 2, 3, 4)]), 6)
     1.0
     >>> round(sentence_bleu((1, 2), [(1, 2, 3, 4)]), 4)  # brevity penalty exp(1 - 4/2)
-    0.2096
+    0.3679
     """
     if not candidate:
         return 0.0

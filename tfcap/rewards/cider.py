@@ -42,17 +42,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-_CHUNK = 8192  # sentences turned into n-gram codes at once, grouped by length
-
-
-@dataclasses.dataclass(frozen=True)
-class _Ngrams:
-    """Distinct (sentence, n-gram) entries of `sentences` sentences, in no set order."""
-
-    sentence: np.ndarray  # int64 [entries]
-    code: np.ndarray  # uint64 [entries]
-    count: np.ndarray  # float64 [entries], term frequency
-    num_tokens: np.ndarray  # int64 [sentences]
+from tfcap.rewards.ngrams import CHUNK, Ngrams, WordCoder, lookup, ranges
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,102 +67,6 @@ class References:
     @property
     def num_images(self) -> int:
         return len(self.ref_offsets) - 1
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, s + c) over (starts, counts)."""
-    counts = np.asarray(counts, np.int64)
-    ends = np.cumsum(counts)
-    shift = np.asarray(starts, np.int64) - (ends - counts)
-    return np.repeat(shift, counts) + np.arange(ends[-1:].sum())
-
-
-def _lookup(table: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position, found) of codes in a sorted table."""
-    if not len(table):
-        return np.zeros(len(codes), np.int64), np.zeros(len(codes), bool)
-    pos = np.minimum(np.searchsorted(table, codes), len(table) - 1)
-    return pos, table[pos] == codes
-
-
-class _WordCoder:
-    """Word ids and uint64 n-gram codes (see the module docstring)."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self.base = 1 << min(32, 64 // n)
-        self.index: dict[str, int] = {}
-        self.words: list[str] = [""]
-        self.thresholds = np.array([self.base**k for k in range(1, n)], np.uint64)
-
-    def word_id(self, word: str) -> int:
-        wid = self.index.get(word)
-        if wid is None:
-            if len(self.words) >= self.base:
-                raise ValueError(f"CIDEr-D with n={self.n} codes at most {self.base - 1} words")
-            wid = self.index[word] = len(self.words)
-            self.words.append(word)
-        return wid
-
-    def ids(self, words) -> np.ndarray:
-        words = list(words)
-        out = list(map(self.index.get, words))
-        if None in out:
-            out = [self.word_id(w) for w in words]
-        return np.array(out, np.uint64)
-
-    def order(self, codes: np.ndarray) -> np.ndarray:
-        """0-based n-gram order of each code."""
-        return np.searchsorted(self.thresholds, codes, side="right")
-
-    def code(self, words: Sequence[str]) -> int:
-        code = 0
-        for word in words:
-            code = code * self.base + self.word_id(word)
-        return code
-
-    def decode(self, codes: np.ndarray) -> list[str]:
-        out = []
-        for code, order in zip(codes.tolist(), self.order(codes).tolist(), strict=True):
-            digits = []
-            for _ in range(order + 1):
-                code, digit = divmod(code, self.base)
-                digits.append(self.words[digit])
-            out.append(" ".join(reversed(digits)))
-        return out
-
-    def encode(self, flat: np.ndarray, lengths: np.ndarray) -> _Ngrams:
-        """N-gram counts of sentences given as flat word ids and per-sentence lengths."""
-        starts = np.cumsum(lengths) - lengths
-        by_length = np.argsort(lengths, kind="stable")  # chunks of similar width: little padding
-        parts = [(np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0))]
-        for begin in range(0, len(lengths), _CHUNK):
-            rows = by_length[begin : begin + _CHUNK]
-            tokens = flat[_ranges(starts[rows], lengths[rows])]
-            sentence, code, count = self._encode_chunk(tokens, lengths[rows])
-            parts.append((rows[sentence], code, count))
-        return _Ngrams(*(np.concatenate(p) for p in zip(*parts, strict=True)), lengths)
-
-    def _encode_chunk(self, flat: np.ndarray, lengths: np.ndarray):
-        width = int(lengths.max(initial=0))
-        mask = np.arange(width) < lengths[:, None]  # [sentences, width]
-        tokens = np.zeros(mask.shape, np.uint64)
-        tokens[mask] = flat
-        code, grams = np.zeros_like(tokens), []
-        for k in range(1, min(self.n, width) + 1):
-            code = code[:, : width - k + 1] * np.uint64(self.base) + tokens[:, k - 1 :]
-            grams.append(np.where(mask[:, k - 1 :], code, 0))  # 0: no k-gram starts here
-        if not grams:
-            return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0)
-        grams = np.sort(np.concatenate(grams, axis=1), axis=1)  # [sentences, grams]
-        flat_grams = grams.ravel()
-        run = np.ones(grams.shape, bool)  # a run starts at each row start and at each change
-        run[:, 1:] = grams[:, 1:] != grams[:, :-1]
-        starts = np.flatnonzero(run)
-        counts = np.diff(np.append(starts, flat_grams.size)).astype(np.float64)
-        keep = flat_grams[starts] != 0
-        sentence = (starts // grams.shape[1]).astype(np.int64)
-        return sentence[keep], flat_grams[starts][keep], counts[keep]
 
 
 class CiderD:
@@ -208,7 +102,7 @@ class CiderD:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         self.n, self.sigma, self.eos_id = n, float(sigma), eos_id
-        self._coder = _WordCoder(n)
+        self._coder = WordCoder(n)
         self._has_vocabulary = vocabulary is not None
         self._id_map = self._coder.ids([] if vocabulary is None else vocabulary)
         if refs is not None:
@@ -264,7 +158,7 @@ class CiderD:
     def _set_df_from_corpus(self, refs: Sequence[Sequence[str]]) -> None:
         if not len(refs):
             raise ValueError("refs is empty: no images to count document frequencies over")
-        codes, step = [], max(1, _CHUNK // 8)
+        codes, step = [], max(1, CHUNK // 8)
         for start in range(0, len(refs), step):
             _, _, table, _, key = self._reference_keys(refs[start : start + step])
             distinct = np.unique(key)  # (image, n-gram) pairs
@@ -274,7 +168,7 @@ class CiderD:
         self.ref_len = float(np.log(float(len(refs))))
 
     def _idf(self, codes: np.ndarray) -> np.ndarray:
-        pos, found = _lookup(self._df_codes, codes)
+        pos, found = lookup(self._df_codes, codes)
         df = np.where(found, self._df_values[pos] if found.any() else 0.0, 0.0)
         return self.ref_len - np.log(np.maximum(1.0, df))
 
@@ -297,13 +191,13 @@ class CiderD:
             stop |= ids == self.eos_id
         return np.where(stop.any(axis=1), stop.argmax(axis=1), ids.shape[1]).astype(np.int64)
 
-    def _encode_ids(self, ids: np.ndarray) -> _Ngrams:
+    def _encode_ids(self, ids: np.ndarray) -> Ngrams:
         """N-grams of int `[rows, time]` token ids, each row cut at its first 0 or eos_id."""
         lengths = self._truncate(ids)
         flat = self._map_ids(ids[np.arange(ids.shape[1]) < lengths[:, None]].astype(np.int64))
         return self._coder.encode(flat, lengths)
 
-    def _encode_sentences(self, sentences: Sequence) -> _Ngrams:
+    def _encode_sentences(self, sentences: Sequence) -> Ngrams:
         """N-grams of tokenized strings, or of token-id sequences (not a mix)."""
         if all(isinstance(s, str) for s in sentences):
             split = [s.split() for s in sentences]
@@ -393,18 +287,18 @@ class CiderD:
         sums = np.bincount(sentence * self.n + order, weights**2, minlength=rows * self.n)
         return np.sqrt(sums).reshape(rows, self.n)
 
-    def _score(self, cand: _Ngrams, image_index, refs: References) -> tuple[float, np.ndarray]:
+    def _score(self, cand: Ngrams, image_index, refs: References) -> tuple[float, np.ndarray]:
         rows = len(cand.num_tokens)
         if rows == 0:
             raise ValueError("no candidates to score")
         w_c, w_r = cand.count * self._idf(cand.code), refs.weight
         norm_c = self._norms(cand.sentence, w_c, self._coder.order(cand.code), rows)
         # Each candidate n-gram meets the same n-gram in each reference of its image.
-        pos, found = _lookup(refs.table, cand.code)
+        pos, found = lookup(refs.table, cand.code)
         key = np.where(found, image_index[cand.sentence] * len(refs.table) + pos, -1)
         lo = np.searchsorted(refs.key, key, side="left")
         hits = np.searchsorted(refs.key, key, side="right") - lo
-        e, m = np.repeat(np.arange(len(key)), hits), _ranges(lo, hits)
+        e, m = np.repeat(np.arange(len(key)), hits), ranges(lo, hits)
         clipped = np.minimum(w_c[e], w_r[m]) * w_r[m]
 
         first = refs.ref_offsets[image_index]  # [rows]
@@ -413,7 +307,7 @@ class CiderD:
         pair = pair_start[cand.sentence[e]] + refs.slot[m]
         num = np.bincount(pair * self.n + refs.order[m], clipped, minlength=nref.sum() * self.n)
         num = num.reshape(-1, self.n)
-        pair_row, pair_ref = np.repeat(np.arange(rows), nref), _ranges(first, nref)
+        pair_row, pair_ref = np.repeat(np.arange(rows), nref), ranges(first, nref)
         nc, nr = norm_c[pair_row], refs.norms[pair_ref]
         ok = (nc != 0) & (nr != 0)
         val = np.where(ok, num / np.where(ok, nc * nr, 1.0), num)

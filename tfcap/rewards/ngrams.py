@@ -1,0 +1,121 @@
+"""Integer codes of word n-grams, and their counts per sentence, vectorized in NumPy.
+
+Words get integer ids 1..B-1 and a k-gram is one uint64, sum_j id_j B^(k-1-j), with
+B = 2^min(32, 64 // n) (2^16 for n=4: at most 65,535 distinct words); orders never
+collide because leading digits are >= 1. Used by `tfcap.rewards.cider`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+CHUNK = 8192  # sentences turned into n-gram codes at once, grouped by length
+
+
+@dataclasses.dataclass(frozen=True)
+class Ngrams:
+    """Distinct (sentence, n-gram) entries of `sentences` sentences, in no set order."""
+
+    sentence: np.ndarray  # int64 [entries]
+    code: np.ndarray  # uint64 [entries]
+    count: np.ndarray  # float64 [entries], term frequency
+    num_tokens: np.ndarray  # int64 [sentences]
+
+
+def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + c) over (starts, counts)."""
+    counts = np.asarray(counts, np.int64)
+    ends = np.cumsum(counts)
+    shift = np.asarray(starts, np.int64) - (ends - counts)
+    return np.repeat(shift, counts) + np.arange(ends[-1:].sum())
+
+
+def lookup(table: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position, found) of codes in a sorted table."""
+    if not len(table):
+        return np.zeros(len(codes), np.int64), np.zeros(len(codes), bool)
+    pos = np.minimum(np.searchsorted(table, codes), len(table) - 1)
+    return pos, table[pos] == codes
+
+
+class WordCoder:
+    """Word ids and uint64 n-gram codes (see the module docstring)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.base = 1 << min(32, 64 // n)
+        self.index: dict[str, int] = {}
+        self.words: list[str] = [""]
+        self.thresholds = np.array([self.base**k for k in range(1, n)], np.uint64)
+
+    def word_id(self, word: str) -> int:
+        wid = self.index.get(word)
+        if wid is None:
+            if len(self.words) >= self.base:
+                raise ValueError(f"CIDEr-D with n={self.n} codes at most {self.base - 1} words")
+            wid = self.index[word] = len(self.words)
+            self.words.append(word)
+        return wid
+
+    def ids(self, words) -> np.ndarray:
+        words = list(words)
+        out = list(map(self.index.get, words))
+        if None in out:
+            out = [self.word_id(w) for w in words]
+        return np.array(out, np.uint64)
+
+    def order(self, codes: np.ndarray) -> np.ndarray:
+        """0-based n-gram order of each code."""
+        return np.searchsorted(self.thresholds, codes, side="right")
+
+    def code(self, words: Sequence[str]) -> int:
+        code = 0
+        for word in words:
+            code = code * self.base + self.word_id(word)
+        return code
+
+    def decode(self, codes: np.ndarray) -> list[str]:
+        out = []
+        for code, order in zip(codes.tolist(), self.order(codes).tolist(), strict=True):
+            digits = []
+            for _ in range(order + 1):
+                code, digit = divmod(code, self.base)
+                digits.append(self.words[digit])
+            out.append(" ".join(reversed(digits)))
+        return out
+
+    def encode(self, flat: np.ndarray, lengths: np.ndarray) -> Ngrams:
+        """N-gram counts of sentences given as flat word ids and per-sentence lengths."""
+        starts = np.cumsum(lengths) - lengths
+        by_length = np.argsort(lengths, kind="stable")  # chunks of similar width: little padding
+        parts = [(np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0))]
+        for begin in range(0, len(lengths), CHUNK):
+            rows = by_length[begin : begin + CHUNK]
+            tokens = flat[ranges(starts[rows], lengths[rows])]
+            sentence, code, count = self._encode_chunk(tokens, lengths[rows])
+            parts.append((rows[sentence], code, count))
+        return Ngrams(*(np.concatenate(p) for p in zip(*parts, strict=True)), lengths)
+
+    def _encode_chunk(self, flat: np.ndarray, lengths: np.ndarray):
+        width = int(lengths.max(initial=0))
+        mask = np.arange(width) < lengths[:, None]  # [sentences, width]
+        tokens = np.zeros(mask.shape, np.uint64)
+        tokens[mask] = flat
+        code, grams = np.zeros_like(tokens), []
+        for k in range(1, min(self.n, width) + 1):
+            code = code[:, : width - k + 1] * np.uint64(self.base) + tokens[:, k - 1 :]
+            grams.append(np.where(mask[:, k - 1 :], code, 0))  # 0: no k-gram starts here
+        if not grams:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0)
+        grams = np.sort(np.concatenate(grams, axis=1), axis=1)  # [sentences, grams]
+        flat_grams = grams.ravel()
+        run = np.ones(grams.shape, bool)  # a run starts at each row start and at each change
+        run[:, 1:] = grams[:, 1:] != grams[:, :-1]
+        starts = np.flatnonzero(run)
+        counts = np.diff(np.append(starts, flat_grams.size)).astype(np.float64)
+        keep = flat_grams[starts] != 0
+        sentence = (starts // grams.shape[1]).astype(np.int64)
+        return sentence[keep], flat_grams[starts][keep], counts[keep]
