@@ -17,3 +17,8 @@ BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 10, "Images per global batch (each with --seq_per_img captions).", lower_bound=1
 )
 SEED = flags.DEFINE_integer("seed", 0, "Random seed (data generation, shuffling, initialisation).")
+SKIP_BAD_RECORDS = flags.DEFINE_bool(
+    "skip_bad_records",
+    False,
+    "Skip and count malformed records (reported at the end) instead of stopping at the first.",
+)

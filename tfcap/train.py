@@ -174,6 +174,7 @@ def _run_config():
         keep_checkpoints=_KEEP.value,
         val_images=_VAL_IMAGES.value,
         val_batch_size=_VAL_BATCH.value,
+        skip_bad_records=cli_flags.SKIP_BAD_RECORDS.value,
         val_beam_size=_VAL_BEAM.value,
     )
 

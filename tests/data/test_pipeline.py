@@ -134,6 +134,12 @@ def test_corrupt_shard_is_named_and_skippable(shapes_dir, tmp_path):
         ValueError, match=r"train-00001-of-00002\.tfrecord: corrupt .* after record \d+"
     ):
         pipeline.check_shards(pipeline.split_files(str(data), "train"))
+    try:
+        _all(pipeline.make_dataset(str(data), "train", 4))
+    except tf.errors.DataLossError as e:  # what a training loop turns into a named error
+        named = pipeline.explain_data_loss(str(data), "train", e)
+    assert "train-00001-of-00002.tfrecord: corrupt" in str(named)
+    assert "--skip_bad_records" in str(named)
     kept = _all(pipeline.make_dataset(str(data), "train", 4, skip_bad_records=True))
     n = sum(len(b["image_id"]) for b in kept)
     assert 20 <= n < 40  # the intact shard whole, the corrupt one up to the bad record

@@ -91,6 +91,15 @@ def check_shards(files: list[str]) -> int:
     return total
 
 
+def explain_data_loss(data_dir: str, split: str, error: Exception) -> ValueError:
+    """A ValueError naming the corrupt shard behind a DataLossError from `make_dataset`."""
+    try:
+        check_shards(split_files(data_dir, split))
+    except ValueError as named:
+        return ValueError(f"{named} (pass --skip_bad_records to skip bad records)")
+    return ValueError(f"{data_dir} ({split}): {error}")
+
+
 def parser(meta: dict[str, Any], max_regions: int):
     """The parse function `(path, index, serialized) -> example dict` of the pipeline.
 

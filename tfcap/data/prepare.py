@@ -76,11 +76,6 @@ _NUM_SHARDS = flags.DEFINE_integer(
 _NUM_WORKERS = flags.DEFINE_integer(
     "num_workers", min(2, os.cpu_count() or 1), "Worker processes writing shards.", lower_bound=1
 )
-_SKIP_BAD = flags.DEFINE_bool(
-    "skip_bad_records",
-    False,
-    "Skip and count malformed records (reported at the end) instead of stopping at the first.",
-)
 _SHAPES_SIZES = flags.DEFINE_list(
     "shapes_sizes",
     [f"{k}={v}" for k, v in shapes.DEFAULT_SPLIT_SIZES.items()],
@@ -155,7 +150,7 @@ def _captions_and_source():
     pairs = _parse_pairs(_COCO_ANNOTATIONS.value, "coco_annotations")
     if not pairs:
         raise app.UsageError("--source=coco needs --coco_annotations=SPLIT=PATH[,...]")
-    bad = errors.BadRecords(raise_errors=not _SKIP_BAD.value)
+    bad = errors.BadRecords(raise_errors=not cli_flags.SKIP_BAD_RECORDS.value)
     caps = {split: coco.read_coco_annotations(path, skip_bad=bad) for split, path in pairs.items()}
     errors.log_summary(bad, "caption annotations")
     return caps, src
@@ -227,7 +222,7 @@ def prepare() -> dict:
             staging.path,
             _FEATURES_DTYPE.value,
             workers,
-            _SKIP_BAD.value,
+            cli_flags.SKIP_BAD_RECORDS.value,
         )
         meta = _metadata(split_images, stats, bad, v, num_shards)
         v.save(os.path.join(staging.path, meta["vocab_file"]))

@@ -115,6 +115,8 @@ def _write_worker(task: _Task) -> dict[str, Any]:
             if _PROGRESS is not None:
                 with _PROGRESS.get_lock():
                     _PROGRESS.value += 1
+            elif len(seen) % 1000 == 0:  # in-process: no progress thread
+                logging.info("writing shards: %d/%d images", len(seen), len(task.assignments))
     finally:
         for w in writers.values():
             w.close()

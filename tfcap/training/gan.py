@@ -149,7 +149,7 @@ def _pretrain_d(trainer: Trainer, counter: tf.Variable, total: int, train_d) -> 
         epoch, offset = divmod(step, spe)
         iterator = trainer.epoch_iterator(epoch, offset, seed_offset=3000)
         for _ in range(min(spe - offset, total - step)):
-            out = train_d(next(iterator), step)
+            out = train_d(trainer.next_batch(iterator), step)
             counter.assign_add(1)
             step += 1
             if step % trainer.run.log_every == 0 or step == total:

@@ -45,6 +45,7 @@ class RunConfig:
     val_images: int = 500
     val_batch_size: int = 50
     val_beam_size: int = 1
+    skip_bad_records: bool = False
 
 
 class Trainer:
@@ -137,14 +138,22 @@ class Trainer:
                 run.batch_size,
                 seq_per_img=run.seq_per_img,
                 shuffle=True,
-                seed=run.seed + epoch,
+                seed=run.seed + seed_offset + epoch,
                 deterministic=run.deterministic,
                 drop_remainder=True,
                 input_context=ctx,
+                skip_bad_records=run.skip_bad_records,
             )
             return ds.skip(skip)
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def next_batch(self, iterator):
+        """The next batch; a corrupt shard is named (tf.data's DataLossError does not)."""
+        try:
+            return next(iterator)
+        except tf.errors.DataLossError as e:
+            raise pipeline.explain_data_loss(self.run.data_dir, "train", e) from None
 
     # -- logging -------------------------------------------------------------
     def writer(self, name: str):
@@ -213,7 +222,9 @@ class Trainer:
         step = int(self.step.numpy())
         self.log_scalars("val", {f"{phase}/CIDEr": score})
         self._log_examples(decoded, step)
-        logging.info("%s (global step %d): val CIDEr-D %.4f (%d images)", phase, step, score, len(refs))
+        logging.info(
+            "%s (global step %d): val CIDEr-D %.4f (%d images)", phase, step, score, len(refs)
+        )
         if score > self.best_score:
             self.best_score = score
             self.best.save(checkpoint_number=self.step)

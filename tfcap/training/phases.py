@@ -91,7 +91,7 @@ def run_phase(trainer: Trainer, phase: PhaseConfig, step_fn, phase_index: int) -
         epoch, offset = divmod(step, spe)
         iterator = trainer.epoch_iterator(epoch, offset, seed_offset=1000 * phase_index)
         for _ in range(min(spe - offset, total - step)):
-            scalars = step_fn(next(iterator), step, epoch)
+            scalars = step_fn(trainer.next_batch(iterator), step, epoch)
             counter.assign_add(1)
             trainer.step.assign_add(1)
             step += 1
