@@ -127,7 +127,7 @@ _GAN_LR = flags.DEFINE_float(
 )
 _GAN_ALPHA = flags.DEFINE_float(
     "gan_alpha",
-    0.3,
+    0.7,
     "Reward r = alpha * D's p(human) + (1 - alpha) * evaluator.",
     lower_bound=0,
     upper_bound=1,
@@ -215,7 +215,7 @@ def _check_model_dir(model_dir: str, model) -> None:
         if diff:
             raise app.UsageError(
                 f"{path}: this model dir holds a different model ({diff}); "
-                "use a new --model_dir or the original flags (--flagfile={model_dir}/flags.txt)"
+                f"use a new --model_dir or the original flags (--flagfile={model_dir}/flags.txt)"
             )
 
 
@@ -311,6 +311,7 @@ def main(argv):
         strategy.num_replicas_in_sync,
     )
     run_phases(trainer)
+    trainer.finish()
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ class Discriminator(keras.Model):
     vector, and the tokens' mean expected query-key score ("agreement": do the
     regions hold what the words name?) joins the MLP input. Caption `t` and
     image `v` `[rows, hidden]` are joined as `[t * v, t, v (, agreement)]` ->
-    Dense(relu) -> Dense(1).
+    Dense(tanh) -> Dense(1).
 
     Token-level grounding is what lets D generalise to unseen images: with a
     sentence vector only, a small D mostly memorises its training pairs.
@@ -130,7 +130,8 @@ class Discriminator(keras.Model):
         self.mlp_dropout = keras.layers.Dropout(
             dropout, name="mlp_dropout", dtype=self.dtype_policy
         )
-        self.mlp = dense(hidden, activation="relu", name="mlp")
+        # tanh, not relu: a dead relu MLP (seen at lr 1e-2) leaves D, and the reward, constant.
+        self.mlp = dense(hidden, activation="tanh", name="mlp")
         self.out = dense(1, name="out")
 
     def build(self, input_shape):

@@ -20,7 +20,8 @@ Loss (`d_loss`): sigmoid cross-entropy, averaged per kind and weighted,
 (default 1, 0.5, 0.5: the negatives together weigh as much as the positives,
 as in conditional-GAN caption discriminators). A kind without pairs adds 0.
 Under a strategy the means divide by the GLOBAL count of each kind, so N
-replicas take the same step as one device on the same global batch.
+replicas take the same step as one device on the same global batch, except
+that wrong pairs are drawn within each replica's share of the batch.
 """
 
 from __future__ import annotations

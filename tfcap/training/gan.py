@@ -29,7 +29,7 @@ DISCRIMINATOR_JSON = "discriminator.json"
 
 @dataclasses.dataclass(frozen=True)
 class GanConfig:
-    alpha: float = 0.3
+    alpha: float = 0.7
     evaluator: str = "cider"
     d_encoder: str = "lstm"
     d_hidden: int = 256

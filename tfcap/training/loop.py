@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -110,6 +111,21 @@ class Trainer:
     def save(self) -> None:
         path = self.latest.save(checkpoint_number=self.step)
         logging.info("saved %s", path)
+
+    def finish(self) -> None:
+        """Waits for every worker, then drops a non-chief worker's scratch directory."""
+        if self.strategy.num_replicas_in_sync > 1:
+            strategy = self.strategy
+
+            @tf.function
+            def barrier():
+                ones = strategy.run(lambda: tf.constant(1.0))
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
+
+            barrier()
+        if not self.chief:
+            worker = self.strategy.cluster_resolver.task_id
+            shutil.rmtree(os.path.join(self.run.model_dir, f".worker{worker}"), ignore_errors=True)
 
     def save_phase(self, phase: str) -> None:
         """Keeps the model as it is at the end of `phase` (MODEL_DIR/phase_NAME)."""
