@@ -42,6 +42,7 @@ _ATTENTION_PNG = flags.DEFINE_string(
     "attention_png", None, "Write an attention picture per image into this directory."
 )
 _JSON = flags.DEFINE_bool("json", False, "One JSON object per image: boxes and word attention.")
+flags.adopt_module_key_flags(source)  # --images, --detector_handle, --backbone_*, ...
 
 
 def _shared_flag(define, name: str, default, help_text: str, **kwargs) -> None:
@@ -60,6 +61,8 @@ _shared_flag(
     "Which checkpoint: best validation CIDEr, latest, or the end of a phase.",
     enum_values=list(checkpoints.CHOICES),
 )
+for _name in ("model_dir", "batch_size", "beam_size", "length_penalty", "checkpoint"):
+    flags.declare_key_flag(_name)
 
 
 @dataclasses.dataclass
@@ -222,26 +225,30 @@ def image_items(paths: list[str], extractor) -> Iterator[Item | tuple[str, str]]
             yield Item(path, rec.image_id, rec.width, rec.height, rec.boxes, rec.features)
 
 
-def feature_items(features_dir: str, batch_size: int) -> Iterator[Item]:
-    """Items of a `tfcap.features.extract` output (file names from its images.json)."""
+def feature_items(features_dir: str) -> Iterator[Item]:
+    """Items of a `tfcap.features.extract` output (file names from its images.json).
+
+    Records are parsed with `tfcap.data.pipeline.parser` (the training input's checks).
+    """
+    import tensorflow as tf
+
     from tfcap.data import pipeline
     from tfcap.features import extract
 
+    meta = pipeline.load_metadata(features_dir)
     with open(os.path.join(features_dir, extract.IMAGES_JSON), encoding="utf-8") as f:
         known = {im["id"]: im for im in json.load(f)["images"]}
-    ds = pipeline.make_dataset(features_dir, extract.SPLIT, batch_size, deterministic=True)
-    for batch in ds:
-        for b, image_id in enumerate(batch["image_id"].numpy().tolist()):
-            n = int(batch["region_mask"][b].numpy().sum())
-            im = known.get(image_id, {"file": f"image {image_id}", "width": 0, "height": 0})
-            yield Item(
-                im["file"],
-                image_id,
-                im["width"],
-                im["height"],
-                batch["boxes"][b, :n].numpy(),
-                batch["features"][b, :n].numpy(),
+    parse = pipeline.parser(meta, int(meta["max_regions"]))
+    for path in pipeline.split_files(features_dir, extract.SPLIT):
+        for index, raw in enumerate(tf.data.TFRecordDataset(path)):
+            ex = parse(tf.constant(path), tf.constant(index, tf.int64), raw)
+            image_id, n = (
+                int(ex["image_id"]),
+                int(tf.reduce_sum(tf.cast(ex["region_mask"], tf.int32))),
             )
+            im = known.get(image_id, {"file": f"image {image_id}", "width": 0, "height": 0})
+            boxes, feats = ex["boxes"][:n].numpy(), ex["features"][:n].numpy()
+            yield Item(im["file"], image_id, im["width"], im["height"], boxes, feats)
 
 
 def picture(item: Item, caption: Caption) -> np.ndarray:
@@ -269,9 +276,9 @@ def as_json(item: Item, caption: Caption) -> str:
             "height": item.height,
             "caption": caption.text,
             "score": round(caption.score, 5),
-            "boxes": np.round(caption.boxes, 5).tolist(),
+            "boxes": np.round(caption.boxes.astype(np.float64), 5).tolist(),
             "words": caption.words,
-            "attention": np.round(caption.attention, 5).tolist(),
+            "attention": np.round(caption.attention.astype(np.float64), 5).tolist(),
         },
         ensure_ascii=False,
     )
@@ -298,7 +305,7 @@ def _captioner():
 
 def _items(captioner) -> Iterator[Item | tuple[str, str]]:
     if _FEATURES_DIR.value:
-        return feature_items(_FEATURES_DIR.value, cli_flags.BATCH_SIZE.value)
+        return feature_items(_FEATURES_DIR.value)
     from tfcap.features import images as images_lib
 
     try:

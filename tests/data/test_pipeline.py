@@ -50,8 +50,10 @@ def test_captions_are_bos_tokens_eos_pad(shapes_dir):
                 n = int(np.argmax(row == vocab.EOS_ID))
                 assert n > 1 and np.all(row[n + 1 :] == vocab.PAD_ID)
                 assert np.all(row[1:n] > vocab.EOS_ID)  # words or <unk>
-            want = [v.encode(t, meta["max_caption_len"]) for t in
-                    vocab.tokenize_py(by_image[int(image_id)])]  # fmt: skip
+            want = [
+                v.encode(t, meta["max_caption_len"])
+                for t in vocab.tokenize_py(by_image[int(image_id)])
+            ]
             got = [[int(i) for i in row[1 : int(np.argmax(row == vocab.EOS_ID))]] for row in caps]
             assert got == want  # 5 references, in order, without shuffling
 
@@ -163,3 +165,19 @@ def test_missing_split_and_metadata_errors(shapes_dir, tmp_path):
     (tmp_path / "dataset.json").write_text('{"schema_version": 99}')
     with pytest.raises(ValueError, match="schema_version 99"):
         pipeline.load_metadata(str(tmp_path))
+
+
+def test_records_without_captions_give_all_pad_rows(shapes_dir, tmp_path):
+    from tfcap.data import records
+
+    data = _copy(shapes_dir, tmp_path)
+    rng = np.random.default_rng(0)
+    rec = records.ImageRecord(
+        7, 64, 48, np.array([[0, 0, 0.5, 0.5]], np.float32), rng.random((1, 16), np.float32), []
+    )
+    with tf.io.TFRecordWriter(str(data / "extra-00000-of-00001.tfrecord")) as w:
+        w.write(records.to_example(rec, [], "float32").SerializeToString())
+    b = next(iter(pipeline.make_dataset(str(data), "extra", 2, shuffle=True, seed=1)))
+    assert b["image_id"].numpy().tolist() == [7]
+    assert not np.any(b["captions"].numpy())
+    assert b["region_mask"].numpy().sum() == 1

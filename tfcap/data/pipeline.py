@@ -163,9 +163,12 @@ def parser(meta: dict[str, Any], max_regions: int):
 def _select_captions(ids: tf.RaggedTensor, seq_per_img: int, max_len: int, shuffle: bool, seed):
     """int32 `[seq_per_img, max_len + 2]` from ragged `[captions, (tokens)]`."""
     k = ids.nrows(out_type=tf.int32)
+    empty = tf.RaggedTensor.from_row_lengths(tf.zeros([0], ids.dtype), tf.zeros([1], tf.int64))
+    ids = tf.concat([ids, empty], axis=0)  # row k: empty, picked for images without captions
     order = tf.random.shuffle(tf.range(k), seed=seed) if shuffle else tf.range(k)
+    order = tf.concat([order, [k]], axis=0)
     picks = tf.gather(order, tf.range(seq_per_img) % tf.maximum(k, 1))
-    chosen = tf.gather(ids, tf.where(k > 0, picks, tf.zeros_like(picks)))[:, :max_len]
+    chosen = tf.gather(ids, picks)[:, :max_len]
     n = chosen.nrows()
     bos = tf.fill([n, 1], tf.constant(vocab.BOS_ID, tf.int64))
     eos = tf.fill([n, 1], tf.constant(vocab.EOS_ID, tf.int64))

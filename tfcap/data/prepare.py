@@ -4,6 +4,8 @@ Sources:
   shapes    the built-in synthetic scenes (no files needed).
   karpathy  Karpathy's dataset_coco.json (train+restval/val/test) + bottom-up TSV features.
   coco      COCO caption annotation files, one per split (SPLIT=PATH) + bottom-up TSV features.
+  images    image files (--images=DIR) + COCO (--coco_annotations) or Karpathy captions, regions
+            from a detector (--detector_handle, --backbone_*: see tfcap/features/source.py).
 
 Examples:
   python -m tfcap.data.prepare --source=shapes --output_dir=/tmp/shapes
@@ -23,6 +25,7 @@ from absl import app, flags, logging
 
 from tfcap import cli_flags
 from tfcap.data import butd_tsv, coco, errors, pipeline, records, shapes, vocab, writer
+from tfcap.features import source as images_source  # --images, --detector_handle, --backbone_*
 from tfcap.rewards import cider
 
 CIDER_DF_FILE = "cider_df_train.json"
@@ -30,7 +33,7 @@ CIDER_DF_FILE = "cider_df_train.json"
 _SOURCE = flags.DEFINE_enum(
     "source",
     "shapes",
-    ["shapes", "karpathy", "coco"],
+    ["shapes", "karpathy", "coco", "images"],
     "Where images, captions and features come from.",
 )
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory to write the dataset to.")
@@ -140,6 +143,8 @@ def _captions_and_source():
         dim = _FEATURE_DIM.value or _SHAPES_FEATURE_DIM.value
         src = ShapesSource(sizes, dim, cli_flags.SEED.value, _SHAPES_MAX_REGIONS.value)
         return src.captions(), src
+    if _SOURCE.value == "images":
+        return _images_captions_and_source()
     if not _BUTD_TSV.value:
         raise app.UsageError(f"--source={_SOURCE.value} needs --butd_tsv feature files")
     src = TsvSource(tuple(_BUTD_TSV.value), _FEATURE_DIM.value)
@@ -154,6 +159,34 @@ def _captions_and_source():
     caps = {split: coco.read_coco_annotations(path, skip_bad=bad) for split, path in pairs.items()}
     errors.log_summary(bad, "caption annotations")
     return caps, src
+
+
+def _images_captions_and_source():
+    """--source=images: the captions json names files under --images=DIR; a detector finds
+    their regions (tfcap.features.source.ImagesSource)."""
+    dirs = images_source.IMAGES.value
+    if len(dirs) != 1 or not os.path.isdir(dirs[0]):
+        raise app.UsageError(
+            "--source=images needs --images=DIR, where the caption files' images are"
+        )
+    if _KARPATHY_JSON.value:
+        captions = _KARPATHY_JSON.value
+    else:
+        captions = _parse_pairs(_COCO_ANNOTATIONS.value, "coco_annotations")
+        if not captions:
+            raise app.UsageError(
+                "--source=images needs --coco_annotations=SPLIT=PATH[,...] or --karpathy_json"
+            )
+    try:
+        config = images_source.config_from_flags()
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
+    splits = images_source.captioned_images(captions, dirs[0])
+    pairs = images_source.file_pairs(splits)
+    src = images_source.ImagesSource(
+        dirs[0], pairs, config, threads=images_source.DECODE_THREADS.value
+    )
+    return splits, src
 
 
 def build_vocab(split_images, min_count: int, max_len: int):

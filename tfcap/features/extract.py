@@ -50,7 +50,8 @@ IMAGES_JSON = "images.json"
 MAX_CAPTION_LEN = 16  # what dataset.json records for caption-free data
 FLAGS = flags.FLAGS
 
-for _name in ("output_dir", "overwrite", "num_shards", "features_dtype", "images"):
+flags.adopt_module_key_flags(source)  # the extractor's flags: --images, --detector_handle, ...
+for _name in ("output_dir", "overwrite", "num_shards", "features_dtype", "batch_size"):
     flags.declare_key_flag(_name)
 
 
@@ -58,7 +59,7 @@ def plan_shards(count: int, num_shards: int) -> list[range]:
     """Contiguous runs of image indices, one per shard (at most `count` shards).
 
     >>> plan_shards(5, 2)
-    [range(0, 3), range(3, 5)]
+    [range(0, 2), range(2, 5)]
     """
     n = max(1, min(num_shards, count))
     bounds = [round(i * count / n) for i in range(n + 1)]

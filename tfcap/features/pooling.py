@@ -125,7 +125,7 @@ def _keras_app(name: str, weights: str | None):
 
 
 def pool_regions(
-    feature_maps: list[tf.Tensor], boxes: list[np.ndarray], pool_size: int = 7
+    feature_maps: list[tf.Tensor], boxes: list[np.ndarray], pool_size: int = 7, chunk: int = 1024
 ) -> list[np.ndarray]:
     """Mean of a `pool_size x pool_size` bilinear crop of each box, for a batch of images.
 
@@ -133,6 +133,7 @@ def pool_regions(
         feature_maps: per image, float `[h_i, w_i, channels]` (sizes may differ).
         boxes: per image, float `[regions_i, 4]`, (x1, y1, x2, y2) normalised to the image.
         pool_size: sampling grid per box.
+        chunk: boxes per op call (memory: `chunk * pool_size^2 * channels` floats).
 
     Returns:
         per image, float32 `[regions_i, channels]`.
@@ -161,9 +162,16 @@ def pool_regions(
         sx = (int(m.shape[1]) - 1) / max(top_w - 1, 1)
         crop_boxes.append(b[:, [1, 0, 3, 2]] * np.array([sy, sx, sy, sx], np.float32))
         indices.append(np.full([len(b)], i, np.int32))
-    crops = tf.image.crop_and_resize(
-        padded, np.concatenate(crop_boxes), np.concatenate(indices), [pool_size, pool_size]
-    )  # [regions, pool_size, pool_size, channels]
-    pooled = tf.reduce_mean(crops, axis=[1, 2]).numpy()  # [regions, channels]
+    all_boxes, all_indices = np.concatenate(crop_boxes), np.concatenate(indices)
+    parts = []
+    for start in range(0, len(all_boxes), chunk):
+        crops = tf.image.crop_and_resize(
+            padded,
+            all_boxes[start : start + chunk],
+            all_indices[start : start + chunk],
+            [pool_size, pool_size],
+        )  # [chunk, pool_size, pool_size, channels]
+        parts.append(tf.reduce_mean(crops, axis=[1, 2]).numpy())  # [chunk, channels]
+    pooled = np.concatenate(parts) if parts else np.zeros([0, padded.shape[-1]], np.float32)
     splits = np.cumsum([len(i) for i in indices])[:-1]
     return [p.astype(np.float32) for p in np.split(pooled, splits)]
