@@ -8,11 +8,15 @@ import re
 
 import numpy as np
 import pytest
+from conftest import shared_data_dir
 
 from tfcap.data import coco, errors
 from tfcap.data.records import ImageRecord
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
+DATA = str(shared_data_dir())
+needs_data = pytest.mark.skipif(
+    not os.path.isdir(DATA), reason=f"real test data not found at {DATA} (set TFCAP_SHARED_DATA)"
+)
 VAL5K = os.path.join(DATA, "karpathy", "captions_val5k.json")
 SAMPLES = os.path.join(DATA, "coco_val2014_samples")
 SAMPLE_SPLITS = {"karpathy_test5k": "test", "karpathy_val5k": "val"}  # Else restval.
@@ -51,6 +55,7 @@ def _karpathy_from_samples(path) -> str:
     return _dump(path, {"images": images, "dataset": "coco"})
 
 
+@needs_data
 def test_read_karpathy_maps_restval_to_train(tmp_path):
     captions, sources = _samples()
     splits = coco.read_karpathy(_karpathy_from_samples(tmp_path / "dataset_coco.json"))
@@ -64,6 +69,7 @@ def test_read_karpathy_maps_restval_to_train(tmp_path):
     assert {image.image_id for image in splits["train"]} == restval
 
 
+@needs_data
 @pytest.mark.parametrize(
     "mutate, message",
     [
@@ -97,6 +103,7 @@ def test_read_karpathy_errors_name_the_file(tmp_path, mutate, message):
         coco.read_karpathy(path)
 
 
+@needs_data
 def test_read_coco_annotations_on_karpathy_val5k():
     images = coco.read_coco_annotations(VAL5K)
 
@@ -164,6 +171,7 @@ def test_malformed_annotation_files_name_the_file(tmp_path, content, message):
         coco.read_coco_annotations(str(path))
 
 
+@needs_data
 def test_write_coco_annotations_loads_in_pycocotools_and_round_trips(tmp_path):
     from pycocotools.coco import COCO
 
@@ -198,6 +206,7 @@ def test_write_coco_annotations_accepts_image_records_and_rejects_duplicates(tmp
     assert os.listdir(tmp_path) == ["refs.json"]
 
 
+@needs_data
 def test_written_references_work_with_pycocoevalcap(tmp_path):
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
