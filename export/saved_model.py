@@ -57,31 +57,11 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 RegionExtractor = Callable[[tf.Tensor], dict]
 
 
-def shared_flag(define: Callable, name: str, default, help_text: str, **kwargs) -> None:
-    """Defines `--name` unless another entry module (one process may import
-    several: a test run, `pytest --doctest-modules`) already has; the flag is
-    then shared, and read through `flags.FLAGS[name]` by whoever uses it.
-    `allow_override` lets a later definition elsewhere take over this one."""
-    if name not in flags.FLAGS:
-        define(name=name, default=default, help=help_text, allow_override=True, **kwargs)
-
-
 _EXPORT_BASE = flags.DEFINE_string(
     "export_base", None, "Model base path: versions are written to EXPORT_BASE/<version>/."
 )
 _VERSION = flags.DEFINE_integer(
     "version", None, "Version to write (default: largest existing + 1).", lower_bound=1
-)
-shared_flag(flags.DEFINE_integer, "beam_size", 3, "Beam size (1: greedy).", lower_bound=1)
-shared_flag(
-    flags.DEFINE_float, "length_penalty", 0.0, "Beam length-normalisation alpha.", lower_bound=0
-)
-shared_flag(
-    flags.DEFINE_enum,
-    "checkpoint",
-    "best",
-    "Which checkpoint: best validation CIDEr, latest, or the end of a phase.",
-    enum_values=list(checkpoints.CHOICES),
 )
 
 

@@ -25,21 +25,8 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from export import tflite_models, tflite_report
-from export.saved_model import shared_flag
 from tfcap import checkpoints, cli_flags
 
-shared_flag(flags.DEFINE_string, "output_dir", None, "Directory to write the results to.")
-shared_flag(flags.DEFINE_integer, "beam_size", 3, "Beam size (1: greedy).", lower_bound=1)
-shared_flag(
-    flags.DEFINE_float, "length_penalty", 0.0, "Beam length-normalisation alpha.", lower_bound=0
-)
-shared_flag(
-    flags.DEFINE_enum,
-    "checkpoint",
-    "best",
-    "Which checkpoint: best validation CIDEr, latest, or the end of a phase.",
-    enum_values=list(checkpoints.CHOICES),
-)
 _SPLIT = flags.DEFINE_string("tflite_split", "test", "Split whose images the parity run decodes.")
 _IMAGES = flags.DEFINE_integer("tflite_images", 50, "Images in the parity run.", lower_bound=1)
 _REGIONS = flags.DEFINE_integer("tflite_regions", 36, "Static region count.", lower_bound=1)

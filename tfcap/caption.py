@@ -45,22 +45,6 @@ _JSON = flags.DEFINE_bool("json", False, "One JSON object per image: boxes and w
 flags.adopt_module_key_flags(source)  # --images, --detector_handle, --backbone_*, ...
 
 
-def _shared_flag(define, name: str, default, help_text: str, **kwargs) -> None:
-    """Defines `--name` unless another entry module (tfcap.evaluate, export.saved_model) has;
-    read as `flags.FLAGS[name]` (the convention of export/saved_model.py)."""
-    if name not in flags.FLAGS:
-        define(name=name, default=default, help=help_text, allow_override=True, **kwargs)
-
-
-_shared_flag(flags.DEFINE_integer, "beam_size", 3, "Beam size (1: greedy).", lower_bound=1)
-_shared_flag(flags.DEFINE_float, "length_penalty", 0.0, "Beam length-normalisation alpha.")
-_shared_flag(
-    flags.DEFINE_enum,
-    "checkpoint",
-    "best",
-    "Which checkpoint: best validation CIDEr, latest, or the end of a phase.",
-    enum_values=list(checkpoints.CHOICES),
-)
 for _name in ("model_dir", "batch_size", "beam_size", "length_penalty", "checkpoint"):
     flags.declare_key_flag(_name)
 

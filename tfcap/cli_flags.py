@@ -22,3 +22,16 @@ SKIP_BAD_RECORDS = flags.DEFINE_bool(
     False,
     "Skip and count malformed records (reported at the end) instead of stopping at the first.",
 )
+OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Directory to write to (a dataset, extracted features, TFLite models)."
+)
+BEAM_SIZE = flags.DEFINE_integer("beam_size", 3, "Beam size (1: greedy).", lower_bound=1)
+LENGTH_PENALTY = flags.DEFINE_float(
+    "length_penalty", 0.0, "Beam length-normalisation alpha.", lower_bound=0
+)
+CHECKPOINT = flags.DEFINE_enum(
+    "checkpoint",
+    "best",
+    ["best", "latest", "xe", "scst", "gan"],
+    "Which checkpoint: best validation CIDEr, latest, or the end of a phase.",
+)

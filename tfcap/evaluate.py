@@ -21,17 +21,7 @@ from absl import app, flags
 from tfcap import cli_flags
 
 _SPLIT = flags.DEFINE_string("split", "test", "Split to decode.")
-_BEAM_SIZE = flags.DEFINE_integer("beam_size", 3, "Beam size (1: greedy).", lower_bound=1)
-_ALPHA = flags.DEFINE_float(
-    "length_penalty", 0.0, "Beam length-normalisation alpha.", lower_bound=0
-)
 _RESULTS_JSON = flags.DEFINE_string("results_json", None, "Write COCO-format results here.")
-_CHECKPOINT = flags.DEFINE_enum(
-    "checkpoint",
-    "best",
-    ["best", "latest", "xe", "scst", "gan"],
-    "Which checkpoint: best validation CIDEr, latest, or the end of a phase.",
-)
 _DISCRIMINATOR_DIR = flags.DEFINE_string(
     "discriminator_dir",
     None,
@@ -135,9 +125,9 @@ def main(argv):
         cli_flags.MODEL_DIR.value,
         cli_flags.DATA_DIR.value,
         _SPLIT.value,
-        _BEAM_SIZE.value,
-        _ALPHA.value,
-        _CHECKPOINT.value,
+        cli_flags.BEAM_SIZE.value,
+        cli_flags.LENGTH_PENALTY.value,
+        cli_flags.CHECKPOINT.value,
         _MAX_IMAGES.value,
         _EVAL_SCORERS.value,
         _SWAP_CONTROL.value,

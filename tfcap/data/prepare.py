@@ -36,7 +36,6 @@ _SOURCE = flags.DEFINE_enum(
     ["shapes", "karpathy", "coco", "images"],
     "Where images, captions and features come from.",
 )
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory to write the dataset to.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir.")
 _KARPATHY_JSON = flags.DEFINE_string(
     "karpathy_json", None, "Karpathy dataset_coco.json (--source=karpathy)."
@@ -245,7 +244,7 @@ def prepare() -> dict:
             )
         captions, ids = captions_by_image[image_id], ids_by_image[image_id]
         assignments[image_id] = writer.Assignment(split, shard, captions, ids)
-    staging = writer.StagingDir(_OUTPUT_DIR.value, _OVERWRITE.value)
+    staging = writer.StagingDir(cli_flags.OUTPUT_DIR.value, _OVERWRITE.value)
     try:
         workers = min(_NUM_WORKERS.value, sum(num_shards.values()))
         stats, bad, written_ids = writer.write_shards(
@@ -318,7 +317,8 @@ def main(argv):
             "%s: %d images, %d captions, %d shards", split, s["images"], s["captions"], s["shards"]
         )
     print(
-        f"wrote {_OUTPUT_DIR.value}: vocab {meta['vocab_size']}, feature dim {meta['feature_dim']} "
+        f"wrote {cli_flags.OUTPUT_DIR.value}: vocab {meta['vocab_size']}, "
+        f"feature dim {meta['feature_dim']} "
         f"({meta['features_dtype']}), splits "
         + ", ".join(f"{k}={v['images']}" for k, v in meta["splits"].items())
     )
