@@ -39,6 +39,9 @@ _PRESET = flags.DEFINE_enum(
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results JSON here.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions per figure.", lower_bound=1)
 
+for _name in ("data_dir", "batch_size"):
+    flags.declare_key_flag(_name)  # shared flags (tfcap.cli_flags) in --helpshort
+
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median wall seconds of `fn()` over `repeats` runs after `warmup` runs."""

@@ -41,6 +41,9 @@ _EXAMPLES = flags.DEFINE_integer(
     "examples", 0, "Print a score table and this many captions beside a reference to stderr."
 )
 
+for _name in ("model_dir", "data_dir", "beam_size", "length_penalty", "checkpoint"):
+    flags.declare_key_flag(_name)  # shared flags (tfcap.cli_flags) in --helpshort
+
 
 def evaluate(
     model_dir: str,

@@ -152,6 +152,9 @@ _D_PRETRAIN = flags.DEFINE_integer(
     lower_bound=0,
 )
 
+for _name in ("data_dir", "model_dir", "batch_size", "seed", "skip_bad_records"):
+    flags.declare_key_flag(_name)  # shared flags (tfcap.cli_flags) in --helpshort
+
 
 @flags.validator("phases", message=f"--phases must be a list of {PHASES}")
 def _check_phases(values):

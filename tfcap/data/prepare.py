@@ -90,6 +90,9 @@ _SHAPES_MAX_REGIONS = flags.DEFINE_integer(
     "shapes_max_regions", 10, "Most regions per shapes scene.", lower_bound=4
 )
 
+for _name in ("output_dir", "seed", "skip_bad_records"):
+    flags.declare_key_flag(_name)  # shared flags (tfcap.cli_flags) in --helpshort
+
 
 @dataclasses.dataclass(frozen=True)
 class ShapesSource:
