@@ -20,5 +20,5 @@ for phase in xe scst gan; do
     --examples=$([ $phase = gan ] && echo 6 || echo 0) \
     --results_json="$RUN_DIR/results_test_$phase.json" > "$RUN_DIR/scores_test_$phase.json"
 done
-$PY scripts/demo_table.py "$RUN_DIR"
+PYTHONPATH=. $PY scripts/demo_table.py "$RUN_DIR"
 echo "== demo finished in $((SECONDS - start))s"

@@ -3,30 +3,14 @@
 import json
 import sys
 
+from tfcap.evaluate import score_table
+
 run_dir = sys.argv[1]
 rows = {
     p: json.loads(open(f"{run_dir}/scores_test_{p}.json").read().strip().splitlines()[-1])
     for p in ("xe", "scst", "gan")
 }
-keys = [
-    "Bleu_1",
-    "Bleu_4",
-    "METEOR",
-    "ROUGE_L",
-    "CIDEr",
-    "swapped_CIDEr",
-    "d_human",
-    "distinct_1",
-    "distinct_2",
-    "unique_captions",
-    "vocabulary",
-    "mean_length",
-]
-print("| phase | " + " | ".join(keys) + " |")
-print("|---|" + "---|" * len(keys))
-for phase, s in rows.items():
-    cells = [f"{s[k]:.3f}" if isinstance(s[k], float) else str(s[k]) for k in keys]
-    print(f"| {phase} | " + " | ".join(cells) + " |")
+print("\n".join(score_table(rows)))
 print(f"(d_human_refs, the discriminator on human references: {rows['gan']['d_human_refs']:.3f})")
 xe, scst = rows["xe"], rows["scst"]
 problems = []

@@ -142,34 +142,42 @@ def main(argv):
     print(json.dumps(scores))
 
 
+TABLE_KEYS = (
+    "Bleu_1",
+    "Bleu_4",
+    "METEOR",
+    "ROUGE_L",
+    "CIDEr",
+    "swapped_CIDEr",
+    "d_human",
+    "distinct_1",
+    "distinct_2",
+    "unique_captions",
+    "vocabulary",
+    "mean_length",
+)
+
+
+def score_table(rows: dict[str, dict]) -> list[str]:
+    """Markdown lines: one row per label, the `TABLE_KEYS` that every row has.
+
+    >>> score_table({"xe": {"CIDEr": 1.2345, "vocabulary": 30}})
+    ['| model | CIDEr | vocabulary |', '|---|---|---|', '| xe | 1.234 | 30 |']
+    """
+    keys = [k for k in TABLE_KEYS if all(k in scores for scores in rows.values())]
+    lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for label, scores in rows.items():
+        cells = [
+            f"{scores[k]:.3f}" if isinstance(scores[k], float) else str(scores[k]) for k in keys
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def report(scores: dict, decoded, refs: dict, examples: int) -> str:
     """A readable score table and a few captions beside a reference (markdown)."""
-    names = (
-        "Bleu_1",
-        "Bleu_4",
-        "METEOR",
-        "ROUGE_L",
-        "CIDEr",
-        "swapped_CIDEr",
-        "d_human",
-        "distinct_1",
-        "distinct_2",
-        "unique_captions",
-        "vocabulary",
-    )
-    keys = [k for k in names if k in scores]
-    lines = [
-        "| " + " | ".join(keys) + " |",
-        "|" + "---|" * len(keys),
-        "| "
-        + " | ".join(
-            f"{scores[k]:.3f}" if isinstance(scores[k], float) else str(scores[k]) for k in keys
-        )
-        + " |",
-        "",
-        "| image | generated | a reference |",
-        "|---|---|---|",
-    ]
+    lines = score_table({scores.get("checkpoint", "model"): scores})
+    lines += ["", "| image | generated | a reference |", "|---|---|---|"]
     for i in range(min(examples, len(decoded.captions))):
         image_id = int(decoded.image_ids[i])
         lines.append(f"| {image_id} | {decoded.captions[i]} | {refs[image_id][0]} |")
