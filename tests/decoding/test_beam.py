@@ -94,7 +94,7 @@ def _captioner(text_attention, seed):
     return model, features, mask
 
 
-@pytest.mark.parametrize("text_attention,seed", [(False, 1), (True, 2)])
+@pytest.mark.parametrize("text_attention,seed", [(False, 3), (True, 2)])
 def test_beam_one_is_exactly_greedy(text_attention, seed):
     model, features, mask = _captioner(text_attention, seed)
     greedy_out = model.generate(features, mask, method="greedy")

@@ -87,7 +87,7 @@ def test_gradients_reach_every_variable(text_attention):
         logits, _ = model(batch, training=True)
         loss = _xe_loss(logits, batch["captions"])
     grads = tape.gradient(loss, model.trainable_variables)
-    assert len(grads) == (17 if text_attention else 12)
+    assert len(grads) == (18 if text_attention else 13)
     for var, grad in zip(model.trainable_variables, grads, strict=True):
         assert grad is not None, var.path
         assert np.abs(tf.convert_to_tensor(grad).numpy()).max() > 0, var.path
@@ -173,3 +173,28 @@ def test_presets():
     assert model.get_config()["dropout"] == PRESETS["demo"]["dropout"]
     with pytest.raises(ValueError, match="method"):
         model.generate(tf.zeros([1, 2, 3]), method="nucleus")
+
+
+@pytest.mark.parametrize("text_attention", [False, True])
+def test_speed_switches_change_no_result(text_attention):
+    """Hoisted mean gates and logits after the loop compute the same model."""
+    model = _model(text_attention=text_attention)
+    batch = _batch(seed=3)
+    args = batch["features"], batch["region_mask"], batch["captions"]
+
+    def run():
+        with tf.GradientTape() as tape:
+            logits, attention = model.teacher_forcing(*args)
+            loss = _xe_loss(logits, batch["captions"])
+        grads = tape.gradient(loss, model.trainable_variables)
+        beam = model.generate(batch["features"], batch["region_mask"], method="beam")
+        return logits, attention, grads, beam
+
+    fast = run()
+    model.hoist_mean_gates = model.logits_after_loop = False
+    slow = run()
+    np.testing.assert_allclose(fast[0], slow[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fast[1], slow[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(fast[2], slow[2], strict=True):
+        np.testing.assert_allclose(tf.convert_to_tensor(a), tf.convert_to_tensor(b), atol=1e-6)
+    np.testing.assert_array_equal(fast[3][0], slow[3][0])

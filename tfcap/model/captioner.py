@@ -68,6 +68,10 @@ class Captioner(keras.Model):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.max_len = max_len
+        # Speed switches, on by default; off only to measure them (tfcap.bench).
+        # They change the order of float operations, never the model.
+        self.hoist_mean_gates = True  # the mean feature's gate term once per caption
+        self.logits_after_loop = True  # teacher forcing: one vocabulary product after the loop
         self.core = UpDownCore(
             vocab_size,
             rnn_size=rnn_size,
@@ -130,11 +134,17 @@ class Captioner(keras.Model):
         captions = tf.reshape(captions, [-1, length])  # [rows, length]
         self._check_history(captions.shape[1], extra=1)
         self._ensure_built(features)
-        static = self._tile(self.core.precompute(features, region_mask), features, captions)
+        static = self._tile(self._precompute(features, region_mask), features, captions)
         scheduled = not (isinstance(sample_prob, float | int) and sample_prob == 0)
         seed = as_seed(seed) if scheduled else None
         inputs = tf.cast(captions[:, :-1], tf.int32)  # [rows, time]
         return self._unroll(static, inputs, training, sample_prob if scheduled else None, seed)
+
+    def _precompute(self, features, region_mask):
+        static = self.core.precompute(features, region_mask)
+        if not self.hoist_mean_gates:
+            del static["mean_gates"]  # the core then projects the mean at every step
+        return static
 
     def _tile(self, static, features, captions):
         """Repeats the per-image static parts to the captions' rows."""
@@ -147,31 +157,48 @@ class Captioner(keras.Model):
         return tf.nest.map_structure(lambda x: tf.repeat(x, repeats, axis=0), static)
 
     def _unroll(self, static, inputs, training, sample_prob, seed):
-        """Teacher-forced loop; returns time-batched logits and attention."""
+        """Teacher-forced loop; returns batch-major logits and attention.
+
+        Without scheduled sampling the loop keeps only the language-LSTM outputs
+        and the vocabulary projection runs once on all steps after it.
+        """
         rows = inputs.shape[0] if inputs.shape[0] is not None else tf.shape(inputs)[0]
         steps = inputs.shape[1] if inputs.shape[1] is not None else tf.shape(inputs)[1]
-        logits_ta = tf.TensorArray(tf.float32, size=steps, element_shape=[None, self.vocab_size])
+        scheduled = sample_prob is not None
+        in_loop = scheduled or not self.logits_after_loop
+        out_ta = tf.TensorArray(
+            tf.float32 if in_loop else self.compute_dtype,
+            size=steps,
+            element_shape=[None, self.vocab_size if in_loop else self.core.rnn_size],
+        )
         attention_ta = tf.TensorArray(self.compute_dtype, size=steps)
 
-        def body(t, state, prev_logits, logits_ta, attention_ta):
+        def body(t, state, prev_logits, out_ta, attention_ta):
             words = inputs[:, t]  # [rows]
-            if sample_prob is not None:
+            if scheduled:
                 words = _scheduled_sample(words, prev_logits, t, sample_prob, seed)
-            logits, state, weights = self.core.step(words, state, static, training=training)
-            return t + 1, state, logits, logits_ta.write(t, logits), attention_ta.write(t, weights)
+            if in_loop:
+                logits, state, weights = self.core.step(words, state, static, training=training)
+                out = logits
+                prev_logits = logits if scheduled else prev_logits
+            else:
+                state, weights = self.core.advance(words, state, static, training=training)
+                out = state["h_lang"]
+            return t + 1, state, prev_logits, out_ta.write(t, out), attention_ta.write(t, weights)
 
         loop_vars = (
             tf.constant(0),
             self.core.initial_state(rows),
-            tf.zeros([rows, self.vocab_size]),
-            logits_ta,
+            tf.zeros([rows, self.vocab_size] if scheduled else [0, 0]),
+            out_ta,
             attention_ta,
         )
         # maximum_iterations: XLA needs it to size the gradient's accumulators.
-        *_, logits_ta, attention_ta = tf.while_loop(
+        *_, out_ta, attention_ta = tf.while_loop(
             lambda t, *_: t < steps, body, loop_vars, maximum_iterations=steps
         )
-        logits = tf.transpose(logits_ta.stack(), [1, 0, 2])  # [rows, time, vocab]
+        out = tf.transpose(out_ta.stack(), [1, 0, 2])  # [rows, time, vocab or rnn_size]
+        logits = out if in_loop else self.core.output_logits(out, training=training)
         return logits, tf.transpose(attention_ta.stack(), [1, 0, 2])
 
     def sequence_log_probs(
@@ -246,7 +273,7 @@ class Captioner(keras.Model):
         self._check_history(max_len)
         self._ensure_built(features)
         batch = features.shape[0] if features.shape[0] is not None else tf.shape(features)[0]
-        cache = self.initial_cache(self.core.precompute(features, region_mask), batch)
+        cache = self.initial_cache(self._precompute(features, region_mask), batch)
         step_fn, ends = self.decode_step, dict(bos_id=bos_id, eos_id=eos_id)
         if method == "greedy":
             return greedy(step_fn, cache, batch, max_len, **ends)

@@ -1,7 +1,8 @@
 """The Up-Down decoder core (Anderson et al. 2018), one step at a time.
 
 Two LSTMs per step: the attention LSTM reads [previous language-LSTM output,
-mean region feature, word embedding]; its state queries additive attention over
+mean region feature, word embedding] (the mean feature's gate term is computed
+once per caption, not per step); its state queries additive attention over
 the regions; the language LSTM reads [attended regions, (attended past
 language-LSTM states,) attention-LSTM state] and its output is projected to
 vocabulary logits. The optional textual attention is the seed paper's second
@@ -23,6 +24,8 @@ Static parts (the `precompute` dict, fixed for a whole caption):
 - `features`: float `[batch, regions, dim]`.
 - `keys`: float `[batch, regions, att_hidden]`, the projected regions.
 - `mean`: float `[batch, dim]`, mean over unpadded regions.
+- `mean_gates`: float `[batch, 4 * rnn_size]`, the attention LSTM's gate term
+  of `mean` (optional: `step` computes it from `mean` when absent).
 - `mask`: bool `[batch, regions]`, False on padding.
 """
 
@@ -40,13 +43,22 @@ from tfcap.model.attention import RegionAttention
 class LSTMCell(keras.layers.Layer):
     """One LSTM step as fused math: one Dense on `[inputs, h]` gives the 4 gates.
 
+    An input that stays fixed over a whole sequence (the Up-Down mean region
+    feature) can have its own kernel (`static_input`): project it once with
+    `project_static` and pass the result to every step as `static_gates`,
+    instead of multiplying it again at each step.
+
     Args:
         units: int. State width.
         forget_bias: float. Added to the forget gate's pre-activation.
+        static_input: bool. The cell has a fixed input (its width is given
+            to `build_static`, or taken from the first `project_static`).
 
     Call arguments:
-        inputs: float `[batch, input_dim]`.
+        inputs: float `[batch, input_dim]`, the inputs that change per step.
         h, c: float `[batch, units]`, the previous state.
+        static_gates: float `[batch, 4 * units]`, `project_static(fixed input)`;
+            required with `static_input`.
 
     Returns:
         the new `h`, `c`, float `[batch, units]`.
@@ -57,24 +69,46 @@ class LSTMCell(keras.layers.Layer):
     (TensorShape([2, 3]), TensorShape([2, 3]))
     """
 
-    def __init__(self, units, forget_bias=1.0, **kwargs):
+    def __init__(self, units, forget_bias=1.0, static_input=False, **kwargs):
         super().__init__(**kwargs)
         self.units = units
         self.forget_bias = forget_bias
+        self.static_input = static_input
         self.gates = keras.layers.Dense(4 * units, name="gates", dtype=self.dtype_policy)
+        if static_input:
+            self.static_gates = keras.layers.Dense(
+                4 * units, use_bias=False, name="static_gates", dtype=self.dtype_policy
+            )
 
-    def build(self, inputs_shape, h_shape=None, c_shape=None):
+    def build(self, inputs_shape, h_shape=None, c_shape=None, static_gates_shape=None):
         self.gates.build((None, inputs_shape[-1] + self.units))
 
-    def call(self, inputs, h, c):
+    def build_static(self, static_dim):
+        """Creates the fixed input's kernel for width `static_dim`."""
+        self.static_gates.build((None, static_dim))
+
+    def project_static(self, static_input):
+        """`[batch, 4 * units]` gate contribution of the fixed input `[batch, static_dim]`."""
+        return self.static_gates(static_input)
+
+    def call(self, inputs, h, c, static_gates=None):
         gates = self.gates(tf.concat([inputs, h], axis=-1))  # [batch, 4 * units]
+        if self.static_input:
+            if static_gates is None:
+                raise ValueError("this cell has a static input: pass static_gates")
+            gates = gates + static_gates
         i, f, g, o = tf.split(gates, 4, axis=-1)  # [batch, units] each
         c = tf.sigmoid(f + self.forget_bias) * c + tf.sigmoid(i) * tf.tanh(g)
         h = tf.sigmoid(o) * tf.tanh(c)
         return h, c
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "forget_bias": self.forget_bias}
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "forget_bias": self.forget_bias,
+            "static_input": self.static_input,
+        }
 
 
 @keras.saving.register_keras_serializable(package="tfcap")
@@ -133,7 +167,7 @@ class UpDownCore(keras.layers.Layer):
         self.embedding = keras.layers.Embedding(
             vocab_size, embed_dim, name="embedding", dtype=policy
         )
-        self.att_lstm = LSTMCell(rnn_size, name="att_lstm", dtype=policy)
+        self.att_lstm = LSTMCell(rnn_size, static_input=True, name="att_lstm", dtype=policy)
         self.region_attention = RegionAttention(att_hidden, name="region_attention", dtype=policy)
         if text_attention:
             self.history_attention = RegionAttention(
@@ -148,7 +182,8 @@ class UpDownCore(keras.layers.Layer):
         """Creates all weights; `features_shape` is `[batch, regions, dim]`."""
         dim, rnn = features_shape[-1], self.rnn_size
         self.embedding.build((None,))
-        self.att_lstm.build((None, rnn + dim + self.embed_dim))
+        self.att_lstm.build((None, rnn + self.embed_dim))
+        self.att_lstm.build_static(dim)
         self.region_attention.build((None, rnn), (None, None, dim))
         lang_inputs = dim + rnn
         if self.text_attention:
@@ -165,7 +200,7 @@ class UpDownCore(keras.layers.Layer):
             region_mask: optional bool `[batch, regions]`, False on padding.
 
         Returns:
-            dict with `features`, `keys`, `mean`, `mask` (module docstring).
+            dict with `features`, `keys`, `mean`, `mean_gates`, `mask` (module docstring).
         """
         if features.shape.rank != 3:
             raise ValueError(f"features must be [batch, regions, dim], got {features.shape}")
@@ -176,10 +211,12 @@ class UpDownCore(keras.layers.Layer):
             region_mask = tf.ones(tf.shape(features)[:2], tf.bool)
         weights = tf.cast(region_mask, features.dtype)[..., None]  # [batch, regions, 1]
         count = tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)  # [batch, 1]
+        mean = tf.reduce_sum(features * weights, axis=1) / count  # [batch, dim]
         return {
             "features": features,
             "keys": self.region_attention.project(features),
-            "mean": tf.reduce_sum(features * weights, axis=1) / count,
+            "mean": mean,
+            "mean_gates": self.att_lstm.project_static(mean),
             "mask": tf.cast(region_mask, tf.bool),
         }
 
@@ -206,9 +243,21 @@ class UpDownCore(keras.layers.Layer):
             logits float32 `[batch, vocab]` (-1e9 at `suppressed_ids`), the new
             state dict, and the region attention weights float `[batch, regions]`.
         """
+        state, weights = self.advance(word_ids, state, static, training=training)
+        return self.output_logits(state["h_lang"], training=training), state, weights
+
+    def advance(self, word_ids, state, static, training=False):
+        """`step` without the logits: the new state dict and the region weights.
+
+        Teacher forcing runs this in its loop and `output_logits` once on all
+        steps' `h_lang` afterwards (one large matrix product instead of one per step).
+        """
         words = self.embed_dropout(self.embedding(word_ids), training=training)  # [batch, embed]
-        att_inputs = tf.concat([state["h_lang"], static["mean"], words], axis=-1)
-        h_att, c_att = self.att_lstm(att_inputs, state["h_att"], state["c_att"])
+        mean_gates = static.get("mean_gates")
+        if mean_gates is None:
+            mean_gates = self.att_lstm.project_static(static["mean"])
+        att_inputs = tf.concat([state["h_lang"], words], axis=-1)
+        h_att, c_att = self.att_lstm(att_inputs, state["h_att"], state["c_att"], mean_gates)
         context, weights = self.region_attention(
             h_att, static["features"], static["mask"], keys=static["keys"]
         )
@@ -226,8 +275,12 @@ class UpDownCore(keras.layers.Layer):
         new_state.update(h_lang=h_lang, c_lang=c_lang)
         if self.text_attention:
             new_state.update(self._record(state, h_lang))
+        return new_state, weights
+
+    def output_logits(self, h_lang, training=False):
+        """float32 logits `[..., vocab]` of language-LSTM outputs `[..., rnn_size]`."""
         logits = self.logits(self.output_dropout(h_lang, training=training))
-        return self._suppress(tf.cast(logits, tf.float32)), new_state, weights
+        return self._suppress(tf.cast(logits, tf.float32))
 
     def _suppress(self, logits):
         if not self.suppressed_ids:

@@ -4,6 +4,13 @@ The loss is the sum of token cross-entropies over the global batch divided by
 the global number of target tokens, so N replicas compute the same step as one
 device on the same global batch. Gradients are summed across replicas before
 clipping, so clipping sees the global gradient too.
+
+Numerical faults: `reduce_gradients` and `apply_if_finite` (shared by the
+xe, scst and discriminator steps) apply an update only when the global loss
+and the global gradient norm are finite. All replicas decide on the same all-reduced
+values, so they skip together; a skipped update changes no weight, no
+optimizer slot and not the optimizer's iteration count. The training loop
+counts skips (`tfcap.training.loop.NonFiniteGuard`).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfcap.data import vocab
@@ -44,26 +52,56 @@ def clip_gradients(grads: list[tf.Tensor], clip: float, mode: str) -> list[tf.Te
     raise ValueError(f"grad_clip_mode must be 'value' or 'norm', got {mode!r}")
 
 
-def apply_replica_gradients(
-    optimizer: keras.optimizers.Optimizer,
-    grads: list[tf.Tensor],
-    variables: list,
-    clip: float,
-    mode: str,
-) -> tf.Tensor:
-    """Sums `grads` over replicas, clips, applies; returns the pre-clip global norm.
+def reduce_gradients(
+    grads: list[tf.Tensor], loss: tf.Tensor
+) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
+    """Sums this replica's `grads` and `loss` over replicas (call in a replica context).
 
-    Call inside a replica context. The optimizer sums what each replica passes,
-    so each passes its share (`1 / replicas`) of the summed, clipped gradient.
+    Returns the summed gradients, their global norm (before clipping) and a
+    bool scalar, True when the summed loss and the norm are finite (the same
+    on every replica).
     """
     ctx = tf.distribute.get_replica_context()
     grads = [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices (embeddings) made dense
-    grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    *grads, total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [*grads, tf.cast(loss, tf.float32)])
     norm = tf.linalg.global_norm(grads)
-    grads = clip_gradients(grads, clip, mode)
-    share = 1.0 / ctx.num_replicas_in_sync
-    optimizer.apply_gradients([(g * share, v) for g, v in zip(grads, variables, strict=True)])
-    return norm
+    return grads, norm, tf.math.is_finite(norm) & tf.math.is_finite(total)
+
+
+def apply_if_finite(
+    strategy: tf.distribute.Strategy,
+    optimizer: keras.optimizers.Optimizer,
+    variables: list,
+    grads,
+    finite,
+    clip: float,
+    mode: str,
+) -> tf.Tensor:
+    """Clips and applies the summed `grads` unless they are not `finite`; returns `skipped`.
+
+    Call in the cross-replica context of a step's tf.function with the per-replica
+    results of `reduce_gradients` (the condition must sit outside `strategy.run`:
+    the optimizer's cross-replica sync cannot run inside control flow there). The
+    optimizer sums what each replica passes, so each passes its share
+    (`1 / replicas`) of the summed, clipped gradient.
+    """
+
+    def replica_apply(summed):
+        share = 1.0 / tf.distribute.get_replica_context().num_replicas_in_sync
+        clipped = clip_gradients(summed, clip, mode)
+        optimizer.apply_gradients([(g * share, v) for g, v in zip(clipped, variables, strict=True)])
+
+    def update():
+        strategy.run(replica_apply, args=(grads,))
+        return tf.constant(False)
+
+    ok = strategy.experimental_local_results(finite)[0]
+    return tf.cond(ok, update, lambda: tf.constant(True))
+
+
+def step_skipped(loss, grad_norm) -> bool:
+    """Whether an xe step returning `(loss, grad_norm)` skipped its update (not finite)."""
+    return not (np.isfinite(float(loss)) and np.isfinite(float(grad_norm)))
 
 
 def make_xe_step(
@@ -72,14 +110,20 @@ def make_xe_step(
     optimizer: keras.optimizers.Optimizer,
     config: XEConfig,
     jit_compile: bool = False,
+    loss_multiplier: tf.Variable | None = None,
 ):
-    """A tf.function `(distributed batch, sample_prob, seed [2]) -> (loss, grad_norm)`.
+    """A function `(distributed batch, sample_prob, seed [2]) -> (loss, grad_norm)`.
 
     `loss` is the global batch's mean token cross-entropy; `sample_prob` the
-    scheduled-sampling probability (float32 scalar).
+    scheduled-sampling probability (Python float or float32 scalar). At 0 the
+    step runs a tf.function without the sampling ops, whose loop also leaves
+    the vocabulary projection to one product after it; above 0, one with them.
+    A step whose `loss` or `grad_norm` is not finite made no update
+    (`step_skipped`). `loss_multiplier`: a testing aid, a float32 scalar
+    variable the loss is multiplied by (1.0; NaN or Inf injects a fault).
     """
 
-    def replica_step(batch, sample_prob, seed):
+    def replica_step(batch, sample_prob, seed, scheduled):
         ctx = tf.distribute.get_replica_context()
         captions = batch["captions"]  # [batch, seq_per_img, length]
         targets = tf.reshape(captions[..., 1:], [-1, captions.shape[-1] - 1])  # [rows, time]
@@ -95,22 +139,35 @@ def make_xe_step(
                 batch["region_mask"],
                 captions,
                 training=True,
-                sample_prob=sample_prob,
+                sample_prob=sample_prob if scheduled else 0.0,
                 seed=replica_seed,
             )
             loss = token_cross_entropy(logits, targets, mask, config.label_smoothing)
             loss = tf.reduce_sum(loss) / tf.maximum(tokens, 1.0)
-        grads = tape.gradient(loss, variables)
-        norm = apply_replica_gradients(
-            optimizer, grads, variables, config.grad_clip, config.grad_clip_mode
-        )
-        return loss, norm
+            if loss_multiplier is not None:
+                loss = loss * loss_multiplier
+        grads, norm, finite = reduce_gradients(tape.gradient(loss, variables), loss)
+        return loss, norm, grads, finite
 
-    @tf.function(jit_compile=jit_compile)
+    def make(scheduled):
+        @tf.function(jit_compile=jit_compile)
+        def step(dist_batch, sample_prob, seed):
+            losses, norms, grads, finite = strategy.run(
+                replica_step, args=(dist_batch, sample_prob, seed, scheduled)
+            )
+            variables = model.trainable_variables
+            clip, mode = config.grad_clip, config.grad_clip_mode
+            apply_if_finite(strategy, optimizer, variables, grads, finite, clip, mode)
+            loss = strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+            return loss, strategy.experimental_local_results(norms)[0]
+
+        return step
+
+    plain, scheduled = make(False), make(True)
+
     def step(dist_batch, sample_prob, seed):
-        losses, norms = strategy.run(replica_step, args=(dist_batch, sample_prob, seed))
-        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
-        return loss, strategy.experimental_local_results(norms)[0]
+        prob = tf.convert_to_tensor(sample_prob, tf.float32)
+        return (scheduled if float(prob) > 0 else plain)(dist_batch, prob, seed)
 
     return step
 
