@@ -95,6 +95,13 @@ def test_cider_reward_equals_scorer_on_strings():
     _, want = scorer.score(texts, [refs_text[i] for i in index])
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert got.dtype == np.float32 and got[0] > got[3]  # same caption, wrong image
+    # The reward keeps the last references encoded; new references are not scored stale.
+    reward = scst.cider_reward(scorer)
+    np.testing.assert_array_equal(reward(samples, index, refs), got)
+    swapped = reward(samples, index, refs[::-1].copy())
+    _, want_swapped = scorer.score(texts, [refs_text[1 - i] for i in index])
+    np.testing.assert_allclose(swapped, want_swapped, rtol=1e-6)
+    np.testing.assert_array_equal(reward(samples, index, refs), got)
 
 
 def test_bleu_reward():

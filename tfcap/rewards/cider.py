@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from tfcap.rewards.ngrams import CHUNK, Ngrams, WordCoder, lookup, ranges
+from tfcap.rewards.ngrams import CHUNK, HashIndex, Ngrams, WordCoder, lookup, ranges
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +103,7 @@ class CiderD:
             raise ValueError(f"n must be >= 1, got {n}")
         self.n, self.sigma, self.eos_id = n, float(sigma), eos_id
         self._coder = WordCoder(n)
+        self._df_index: HashIndex | None = None  # built on first use
         self._has_vocabulary = vocabulary is not None
         self._id_map = self._coder.ids([] if vocabulary is None else vocabulary)
         if refs is not None:
@@ -168,7 +169,9 @@ class CiderD:
         self.ref_len = float(np.log(float(len(refs))))
 
     def _idf(self, codes: np.ndarray) -> np.ndarray:
-        pos, found = lookup(self._df_codes, codes)
+        if self._df_index is None or self._df_index.table is not self._df_codes:
+            self._df_index = HashIndex(self._df_codes)
+        pos, found = self._df_index.find(codes)
         df = np.where(found, self._df_values[pos] if found.any() else 0.0, 0.0)
         return self.ref_len - np.log(np.maximum(1.0, df))
 

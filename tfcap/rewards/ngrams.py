@@ -41,6 +41,65 @@ def lookup(table: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return pos, table[pos] == codes
 
 
+class HashIndex:
+    """Positions of uint64 codes in a fixed table, by vectorized open addressing.
+
+    Same answers as `lookup`, for a large table queried many times (the
+    document frequencies of a training set, once per reward call): a binary
+    search makes ~18 random reads per code there, a hash probe ~1.5.
+
+    >>> index = HashIndex(np.array([3, 10, 99], np.uint64))
+    >>> pos, found = index.find(np.array([99, 4, 3], np.uint64))
+    >>> pos.tolist(), found.tolist()
+    ([2, 0, 0], [True, False, True])
+    """
+
+    _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing
+    _PROBES = 3  # vectorized rounds before the rest falls back to a binary search
+
+    def __init__(self, table: np.ndarray):
+        self.table = np.asarray(table, np.uint64)
+        bits = max(4, int(4 * len(self.table)).bit_length())  # load factor <= 1/4
+        self._shift = np.uint64(64 - bits)
+        self._mask = np.int64((1 << bits) - 1)
+        self._slots = np.full(1 << bits, -1, np.int64)  # table position, -1 empty
+        slot = self._hash(self.table)
+        pending = np.arange(len(self.table))
+        while pending.size:  # linear probing, one round per probe distance
+            want = slot[pending]
+            free = self._slots[want] == -1
+            won, first = np.unique(want[free], return_index=True)
+            self._slots[won] = pending[free][first]
+            placed = np.zeros(len(self.table), bool)
+            placed[pending[free][first]] = True
+            pending = pending[~placed[pending]]
+            slot[pending] = (slot[pending] + 1) & self._mask
+
+    def _hash(self, codes: np.ndarray) -> np.ndarray:
+        return ((codes * self._MULTIPLIER) >> self._shift).astype(np.int64)
+
+    def find(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position, found) of `codes` in the table; position 0 where not found."""
+        codes = np.asarray(codes, np.uint64)
+        pos = np.zeros(len(codes), np.int64)
+        found = np.zeros(len(codes), bool)
+        if not len(self.table):
+            return pos, found
+        active, slot = np.arange(len(codes)), self._hash(codes)
+        for _ in range(self._PROBES):
+            at = self._slots[slot]
+            filled = at >= 0
+            hit = filled & (self.table[np.maximum(at, 0)] == codes[active])
+            pos[active[hit]], found[active[hit]] = at[hit], True
+            going = filled & ~hit
+            active, slot = active[going], (slot[going] + 1) & self._mask
+            if not active.size:
+                return pos, found
+        # The few codes in long probe chains: a binary search beats more rounds.
+        pos[active], found[active] = lookup(self.table, codes[active])
+        return pos, found
+
+
 class WordCoder:
     """Word ids and uint64 n-gram codes (see the module docstring)."""
 
