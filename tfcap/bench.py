@@ -1,20 +1,27 @@
-r"""Speed figures as JSON: medians over repeated runs after warm-up.
+r"""Speed figures: medians over repeated runs after warm-up; a table and JSON.
 
-  python -m tfcap.bench [--only=input,...] [--data_dir=DIR] [--json_out=PATH]
+  python -m tfcap.bench [--preset=updown|demo] [--only=...] [--json_out=PATH]
 
-Benchmarks:
-  input   tf.data records/s of the training input (parse, decode, pad, shuffle,
-          batch), on --data_dir or on random records it writes itself at the
-          updown preset's size (36 regions x 2048 float16, 5 x 16-token captions).
+Benchmarks (`--only`, default all, in this order):
+  peak    float32 and bfloat16 2048^3 matrix-product GFLOP/s of this machine.
   cider   CIDEr-D of 50 captions x 5 references: pycocoevalcap's scorer against
           tfcap's (strings; token ids with references encoded once; and the SCST
-          reward path, which encodes the batch's references every call).
+          reward as training calls it, references new at every call).
   xe      one XE training step (forward, backward, Adam) at --preset, batch
-          --batch_size images x 5 captions of 16 tokens, random data.
+          --batch_size images x 5 captions of 16 words, random data, per
+          speed variant (tfcap.perf.model_bench); model FLOPs per step and
+          the fraction of the measured matmul peak they reach.
   scst    one SCST step (5 samples per image, greedy baseline, CIDEr-D reward,
-          update) at --preset, same batch.
+          update), same batch, per variant.
+  decode  greedy, beam-3 and beam-5 decoding, ms per image at batch --batch_size.
+  input   tf.data records/s of the training input (parse, decode, pad, shuffle,
+          batch), on --data_dir or on random records it writes itself at the
+          updown preset's size (36 regions x 2048 float16, 5 x 16-word captions),
+          against the records/s the fastest XE step consumes.
 
 Every figure is measured in this run; ratios compare figures of the same run.
+The reference column holds a widely used PyTorch implementation of the same
+model measured on these 2-core machines (its own figures, not run here).
 """
 
 from __future__ import annotations
@@ -23,37 +30,27 @@ import itertools
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 
 from absl import app, flags, logging
 
 from tfcap import cli_flags
+from tfcap.perf.timing import PeakRSS, matmul_peak, median_time
 
-BENCHMARKS = ("input", "cider", "xe", "scst")
+BENCHMARKS = ("peak", "cider", "xe", "scst", "decode", "input")
 _ONLY = flags.DEFINE_list("only", list(BENCHMARKS), f"Benchmarks to run, of {BENCHMARKS}.")
-_PRESET = flags.DEFINE_enum(
-    "bench_preset", "updown", ["updown", "multiatt", "demo"], "Model size of the xe/scst figures."
-)
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results JSON here.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions per figure.", lower_bound=1)
+_VARIANTS = flags.DEFINE_bool(
+    "variants", True, "Time every speed variant (else only the float32 and bfloat16 defaults)."
+)
 
-for _name in ("data_dir", "batch_size"):
+for _name in ("data_dir", "batch_size", "preset"):
     flags.declare_key_flag(_name)  # shared flags (tfcap.cli_flags) in --helpshort
 
-
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall seconds of `fn()` over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+# A PyTorch Up-Down implementation on these machines (updown preset, batch 10 x 5).
+REFERENCE = {"xe_step_s": 3.1, "scst_step_s": 3.8, "greedy_ms": 45.0, "beam5_ms": 115.0}
+TARGETS = {"step_speedup": 2.0, "beam5_speedup": 2.0, "cider_speedup": 20.0, "input_ratio": 10.0}
 
 
 def _bench_dataset_dir(tmp: str, images: int = 1000, shards: int = 4) -> str:
@@ -176,106 +173,240 @@ def bench_cider(repeats: int, calls: int = 20) -> dict:
     return out
 
 
-def _random_batch(preset: str, batch_size: int, seq_per_img: int = 5):
-    import tensorflow as tf
+def bench_peak(repeats: int) -> dict:
+    return {
+        "float32_gflops": matmul_peak("float32", repeats=repeats),
+        "bfloat16_gflops": matmul_peak("bfloat16", repeats=repeats),
+    }
 
-    regions, dim, vocab_size = (10, 256, 66) if preset == "demo" else (36, 2048, 9487)
-    g = tf.random.Generator.from_seed(0)
-    captions = g.uniform([batch_size, seq_per_img, 18], 4, vocab_size, tf.int32)
-    captions = tf.concat(
-        [
-            tf.ones_like(captions[..., :1]),
-            captions[..., 1:17],
-            tf.fill(tf.shape(captions[..., :1]), 2),
-        ],
-        -1,
+
+def xe_flops(preset: str, batch_size: int) -> int:
+    from tfcap.model.presets import PRESETS
+    from tfcap.perf import flops, model_bench
+
+    _, sizes = model_bench.random_batch(preset, 1)
+    config = PRESETS[preset]
+    return flops.xe_step_flops(
+        images=batch_size,
+        captions_per_image=5,
+        steps=17,
+        **sizes,
+        rnn_size=config["rnn_size"],
+        embed_dim=config["embed_dim"],
+        att_hidden=config["att_hidden"],
+        text_attention=config["text_attention"],
+        max_len=config["max_len"],
     )
-    batch = {
-        "features": tf.nn.relu(g.normal([batch_size, regions, dim])),
-        "region_mask": tf.ones([batch_size, regions], tf.bool),
-        "captions": captions,
-    }
-    return batch, vocab_size, dim
-
-
-def bench_steps(preset: str, batch_size: int, repeats: int, which: list[str]) -> dict:
-    """Seconds per XE and SCST step at `preset` (random data, default strategy)."""
-    import keras
-    import tensorflow as tf
-
-    from tfcap.model.captioner import Captioner
-    from tfcap.rewards import cider
-    from tfcap.training import scst, xe
-
-    batch, vocab_size, dim = _random_batch(preset, batch_size)
-    model = Captioner.from_preset(preset, vocab_size)
-    model.build((None, None, dim))
-    optimizer = keras.optimizers.Adam(5e-4)
-    optimizer.build(model.trainable_variables)
-    strategy = tf.distribute.get_strategy()
-    out = {
-        "preset": preset,
-        "batch_images": batch_size,
-        "captions_per_image": 5,
-        "parameters": model.count_params(),
-    }
-    seed = tf.constant([0, 0], tf.int64)
-    if "xe" in which:
-        step = xe.make_xe_step(strategy, model, optimizer, xe.XEConfig())
-        out["xe_step_s"] = median_time(
-            lambda: step(batch, tf.constant(0.0), seed)[0].numpy(), repeats, warmup=2
-        )
-    if "scst" in which:
-        words = [str(i) for i in range(vocab_size)]
-        refs = batch["captions"][:, :, 1:].numpy()
-        scorer = cider.CiderD(
-            [[" ".join(map(str, r)) for r in image] for image in refs], vocabulary=words, eos_id=2
-        )
-        reward = scst.evaluator_reward(scst.cider_reward(scorer))
-        step = scst.make_policy_step(strategy, model, optimizer, reward, scst.SCSTConfig())
-        out["scst_step_s"] = median_time(
-            lambda: step(batch, seed)["loss"].numpy(), repeats, warmup=2
-        )
-    return out
 
 
 def machine() -> dict:
+    import psutil
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
     return {
+        "cpu": model,
         "cpu_count": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "processor": platform.processor() or platform.machine(),
     }
+
+
+def run(
+    only: list[str],
+    preset: str,
+    batch_size: int,
+    repeats: int,
+    variants: bool,
+    data_dir: str | None = None,
+) -> dict:
+    """All requested benchmarks; the results dict of the JSON output.
+
+    `data_dir`: the dataset of the input benchmark (default: random records).
+    """
+    import tensorflow as tf
+
+    from tfcap.perf import model_bench as mb
+
+    unknown = sorted(set(only) - set(BENCHMARKS))
+    if unknown:
+        raise app.UsageError(f"--only: unknown benchmarks {unknown}, choose from {BENCHMARKS}")
+    out = {
+        "machine": {**machine(), "tensorflow": tf.__version__},
+        "preset": preset,
+        "batch_images": batch_size,
+        "reference": REFERENCE,
+        "targets": TARGETS,
+        "results": {},
+    }
+    res = out["results"]
+    pick = lambda all_, few: all_ if variants else few  # noqa: E731
+    defaults = (mb.DEFAULT, mb.XE_VARIANTS[4])
+    for name in [n for n in BENCHMARKS if n in only]:
+        logging.info("benchmark %s", name)
+        with PeakRSS() as memory:
+            if name == "peak":
+                res["peak"] = bench_peak(repeats)
+            elif name == "cider":
+                res["cider"] = bench_cider(repeats)
+            elif name == "xe":
+                rows = mb.bench_xe(preset, batch_size, repeats, pick(mb.XE_VARIANTS, defaults))
+                res["xe"] = {"flops_per_step": xe_flops(preset, batch_size), "variants": rows}
+            elif name == "scst":
+                rows = mb.bench_scst(preset, batch_size, repeats, pick(mb.SCST_VARIANTS, defaults))
+                res["scst"] = {"variants": rows}
+            elif name == "decode":
+                variants_ = pick(mb.DECODE_VARIANTS, defaults)
+                rows = mb.bench_decode(preset, batch_size, repeats, variants_)
+                res["decode"] = {"variants": rows}
+            elif name == "input":
+                with tempfile.TemporaryDirectory() as tmp:
+                    source = data_dir or _bench_dataset_dir(tmp)
+                    res["input"] = bench_input(source, batch_size, repeats)
+        res[name]["peak_rss_mb"] = round(memory.peak_mb)
+    _derive(out)
+    return out
+
+
+def _best(rows: list[dict], key: str = "seconds") -> dict:
+    return min(rows, key=lambda r: r[key])
+
+
+def _derive(out: dict) -> None:
+    """Ratios between figures of this run (and against the reference)."""
+    res, ref = out["results"], out["reference"]
+    if "xe" in res:
+        rows = res["xe"]["variants"]
+        for row in rows:
+            row["speedup_vs_first"] = rows[0]["seconds"] / row["seconds"]
+            if out["preset"] == "updown":
+                row["speedup_vs_reference"] = ref["xe_step_s"] / row["seconds"]
+            gflops = res["xe"]["flops_per_step"] / row["seconds"] / 1e9
+            row["achieved_gflops"] = gflops
+            if "peak" in res:
+                bf16 = "bfloat16" in row["variant"]
+                peak = res["peak"]["bfloat16_gflops" if bf16 else "float32_gflops"]
+                row["fraction_of_peak"] = gflops / peak
+    if "scst" in res:
+        rows = res["scst"]["variants"]
+        for row in rows:
+            row["speedup_vs_first"] = rows[0]["seconds"] / row["seconds"]
+            if out["preset"] == "updown":
+                row["speedup_vs_reference"] = ref["scst_step_s"] / row["seconds"]
+    if "decode" in res and out["preset"] == "updown":
+        for row in res["decode"]["variants"]:
+            row["greedy_speedup_vs_reference"] = ref["greedy_ms"] / row["greedy_ms_per_image"]
+            row["beam5_speedup_vs_reference"] = ref["beam5_ms"] / row["beam5_ms_per_image"]
+    if "input" in res and "xe" in res:
+        consumed = out["batch_images"] / _best(res["xe"]["variants"])["seconds"]
+        res["input"]["xe_consumes_records_per_s"] = consumed
+        res["input"]["ratio_to_consumption"] = res["input"]["records_per_s"] / consumed
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def table(out: dict) -> str:
+    """The results as markdown tables."""
+    res, m = out["results"], out["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cpu_count']} cores, {m['memory_gib']} GiB, "
+        f"TensorFlow {m['tensorflow']}; preset `{out['preset']}`, batch "
+        f"{out['batch_images']} images x 5 captions.",
+        "",
+    ]
+    if "peak" in res:
+        p = res["peak"]
+        lines += [
+            f"Matmul peak: float32 {p['float32_gflops']:.0f} GFLOP/s, "
+            f"bfloat16 {p['bfloat16_gflops']:.0f} GFLOP/s.",
+            "",
+        ]
+    for name, ref_key in (("xe", "xe_step_s"), ("scst", "scst_step_s")):
+        if name not in res:
+            continue
+        lines += [
+            f"| {name.upper()} step | s/step | vs first row | vs PyTorch ref "
+            f"({out['reference'][ref_key]} s) | GFLOP/s (of peak) | process peak RSS MB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in res[name]["variants"]:
+            flops = (
+                f"{r['achieved_gflops']:.0f} ({r.get('fraction_of_peak', float('nan')):.0%})"
+                if "achieved_gflops" in r
+                else ""
+            )
+            lines.append(
+                f"| {r['variant']} | {r['seconds']:.2f} | {r['speedup_vs_first']:.2f}x | "
+                f"{_ratio(r.get('speedup_vs_reference'))} | {flops} | "
+                f"{r['peak_rss_mb']} |"
+            )
+        if name == "xe":
+            lines.append(f"\nModel FLOPs per XE step: {res['xe']['flops_per_step'] / 1e9:.0f} G.")
+        lines.append("")
+    if "decode" in res:
+        lines += [
+            "| Decoding, ms/image | greedy | beam-3 | beam-5 | beam-5 vs PyTorch ref "
+            f"({out['reference']['beam5_ms']:.0f} ms) | process peak RSS MB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in res["decode"]["variants"]:
+            lines.append(
+                f"| {r['variant']} | {r['greedy_ms_per_image']:.1f} | "
+                f"{r['beam3_ms_per_image']:.1f} | {r['beam5_ms_per_image']:.1f} | "
+                f"{_ratio(r.get('beam5_speedup_vs_reference'))} | {r['peak_rss_mb']} |"
+            )
+        lines.append("")
+    if "cider" in res:
+        c = res["cider"]
+        lines += [
+            f"CIDEr-D, 50 captions x 5 references: pycocoevalcap {1000 * c['pycocoevalcap_s']:.1f}"
+            f" ms; tfcap strings {c['speedup_score']:.0f}x, token ids {c['speedup_score_ids']:.0f}x"
+            f" faster; SCST reward (references new each call) {1000 * c['scst_reward_s']:.2f} ms"
+            f" vs {1000 * c['scst_pycocoevalcap_s']:.1f} ms = {c['speedup_scst_reward']:.0f}x.",
+            "",
+        ]
+    if "input" in res:
+        i = res["input"]
+        ratio = (
+            f", {i['ratio_to_consumption']:.0f}x the {i['xe_consumes_records_per_s']:.1f} "
+            "records/s the fastest XE step consumes"
+            if "ratio_to_consumption" in i
+            else ""
+        )
+        lines += [
+            f"Input: {i['records_per_s']:.0f} records/s ({i['regions']} x {i['feature_dim']} "
+            f"{i['features_dtype']}){ratio}; peak RSS {i['peak_rss_mb']} MB.",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def main(argv):
     del argv
-    import tensorflow as tf
-
-    results = {"machine": {**machine(), "tensorflow": tf.__version__}, "results": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in _ONLY.value:
-            logging.info("benchmark %s", name)
-            if name == "input":
-                data_dir = cli_flags.DATA_DIR.value or _bench_dataset_dir(tmp)
-                results["results"]["input"] = bench_input(
-                    data_dir, cli_flags.BATCH_SIZE.value, _REPEATS.value
-                )
-            elif name == "cider":
-                results["results"]["cider"] = bench_cider(_REPEATS.value)
-            elif name in ("xe", "scst"):
-                if "steps" not in results["results"]:
-                    which = [n for n in _ONLY.value if n in ("xe", "scst")]
-                    results["results"]["steps"] = bench_steps(
-                        _PRESET.value, cli_flags.BATCH_SIZE.value, _REPEATS.value, which
-                    )
-            else:
-                raise app.UsageError(f"--only: unknown benchmark {name!r}")
-    text = json.dumps(results, indent=1)
-    print(text)
+    preset = cli_flags.PRESET.value if flags.FLAGS["preset"].present else "updown"
+    out = run(
+        _ONLY.value,
+        preset,
+        cli_flags.BATCH_SIZE.value,
+        _REPEATS.value,
+        _VARIANTS.value,
+        cli_flags.DATA_DIR.value,
+    )
+    print(table(out))
+    text = json.dumps(out, indent=1)
     if _JSON_OUT.value:
         with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
             f.write(text + "\n")
+        print(f"JSON written to {_JSON_OUT.value}")
+    else:
+        print(text)
 
 
 if __name__ == "__main__":

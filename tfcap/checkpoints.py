@@ -59,8 +59,12 @@ def read_model_json(model_dir: str) -> dict[str, Any]:
 
 
 def build_model(config: dict[str, Any], feature_dim: int) -> Captioner:
-    """A Captioner from its config, with its weights created."""
-    model = Captioner.from_config(config)
+    """A float32 Captioner from its config, with its weights created.
+
+    A model trained with `--mixed_precision` has float32 weights too; inference
+    and export compute in float32 whatever the training precision.
+    """
+    model = Captioner.from_config({k: v for k, v in config.items() if k != "dtype"})
     model.build((None, None, feature_dim))
     return model
 

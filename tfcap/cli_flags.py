@@ -25,6 +25,12 @@ SKIP_BAD_RECORDS = flags.DEFINE_bool(
 OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Directory to write to (a dataset, extracted features, TFLite models)."
 )
+PRESET = flags.DEFINE_enum(
+    "preset",
+    "demo",
+    ["updown", "multiatt", "demo"],
+    "Model sizes (tfcap.model.presets); tfcap.bench uses updown unless given.",
+)
 BEAM_SIZE = flags.DEFINE_integer("beam_size", 3, "Beam size (1: greedy).", lower_bound=1)
 LENGTH_PENALTY = flags.DEFINE_float(
     "length_penalty", 0.0, "Beam length-normalisation alpha.", lower_bound=0

@@ -1,0 +1,1 @@
+"""Measuring speed: timers, memory, FLOP counts and the model benchmarks of `tfcap.bench`."""

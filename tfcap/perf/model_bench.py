@@ -1,0 +1,180 @@
+"""Timing the captioner: XE and SCST training steps and decoding, with speed switches.
+
+Each variant builds its own model on random data of the preset's sizes (the
+`updown` preset: 36 regions x 2048, vocabulary 9,487, 16-word captions) so the
+switches can be compared in one run:
+
+- `before`: the step as first written: the scheduled-sampling ops always in
+  the loop, the mean feature's gate term recomputed at every step, the
+  vocabulary projection inside the loop.
+- `+ plain loop at sample_prob 0`, `+ mean gate term once per caption`,
+  `+ vocabulary projection after the loop`: each adds one change (the last is
+  the default float32 path).
+- `+ mixed precision (bfloat16)`: the default with the `mixed_bfloat16` policy
+  (float32 variables, bfloat16 products).
+- `XLA (jit_compile)`: the default path compiled by XLA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+
+from tfcap.perf.timing import PeakRSS, median_time
+
+_SIZES = {"demo": (10, 256, 66), "updown": (36, 2048, 9487), "multiatt": (36, 2048, 9487)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One way of running the model."""
+
+    name: str
+    dtype: str = "float32"
+    hoist_mean_gates: bool = True
+    logits_after_loop: bool = True
+    sampling_ops: bool = False  # run the scheduled-sampling loop (at a negligible rate)
+    jit_compile: bool = False
+
+
+BEFORE = Variant("before", hoist_mean_gates=False, logits_after_loop=False, sampling_ops=True)
+XE_VARIANTS = (
+    BEFORE,
+    Variant("+ plain loop at sample_prob 0", hoist_mean_gates=False, logits_after_loop=False),
+    Variant("+ mean gate term once per caption", logits_after_loop=False),
+    Variant("+ vocabulary projection after the loop (float32 default)"),
+    Variant("+ mixed precision (bfloat16)", dtype="mixed_bfloat16"),
+    Variant("XLA (jit_compile), float32", jit_compile=True),
+)
+SCST_VARIANTS = (
+    Variant("before", hoist_mean_gates=False, logits_after_loop=False),
+    Variant("float32 default"),
+    Variant("+ mixed precision (bfloat16)", dtype="mixed_bfloat16"),
+)
+DECODE_VARIANTS = (
+    Variant("float32 default"),
+    Variant("+ mixed precision (bfloat16)", dtype="mixed_bfloat16"),
+    Variant("XLA (jit_compile), float32", jit_compile=True),
+)
+DEFAULT = XE_VARIANTS[3]
+
+
+def random_batch(preset: str, batch_size: int, seq_per_img: int = 5, length: int = 16):
+    """A batch dict of random features and captions at the preset's sizes; and its sizes."""
+    import tensorflow as tf
+
+    regions, dim, vocab_size = _SIZES[preset]
+    g = tf.random.Generator.from_seed(0)
+    words = g.uniform([batch_size, seq_per_img, length], 4, vocab_size, tf.int32)
+    bos = tf.ones([batch_size, seq_per_img, 1], tf.int32)
+    captions = tf.concat([bos, words, bos * 2], -1)  # <bos> w1..w16 <eos>
+    batch = {
+        "features": tf.nn.relu(g.normal([batch_size, regions, dim])),
+        "region_mask": tf.ones([batch_size, regions], tf.bool),
+        "captions": captions,
+    }
+    return batch, dict(regions=regions, feature_dim=dim, vocab_size=vocab_size)
+
+
+def _model(preset: str, variant: Variant, vocab_size: int, dim: int):
+    import keras
+
+    from tfcap.model.captioner import Captioner
+
+    model = Captioner.from_preset(preset, vocab_size, dtype=variant.dtype)
+    model.build((None, None, dim))
+    model.hoist_mean_gates = variant.hoist_mean_gates
+    model.logits_after_loop = variant.logits_after_loop
+    optimizer = keras.optimizers.Adam(5e-4)
+    optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def _timed(fn, repeats: int) -> dict:
+    with PeakRSS() as memory:
+        seconds = median_time(fn, repeats, warmup=2)
+    return {"seconds": seconds, "peak_rss_mb": round(memory.peak_mb)}
+
+
+def bench_xe(preset: str, batch_size: int, repeats: int, variants=XE_VARIANTS) -> list[dict]:
+    """Seconds per XE step (forward, backward, Adam) for each variant."""
+    import tensorflow as tf
+
+    from tfcap.training import xe
+
+    batch, sizes = random_batch(preset, batch_size)
+    seed = tf.constant([0, 0], tf.int64)
+    rows = []
+    for variant in variants:
+        model, optimizer = _model(preset, variant, sizes["vocab_size"], sizes["feature_dim"])
+        step = xe.make_xe_step(
+            tf.distribute.get_strategy(),
+            model,
+            optimizer,
+            xe.XEConfig(),
+            jit_compile=variant.jit_compile,
+        )
+        prob = 1e-9 if variant.sampling_ops else 0.0
+        timed = _timed(lambda step=step, prob=prob: step(batch, prob, seed)[0].numpy(), repeats)
+        rows.append({"variant": variant.name, **timed})
+        del model, optimizer, step
+        gc.collect()
+    return rows
+
+
+def bench_scst(preset: str, batch_size: int, repeats: int, variants=SCST_VARIANTS) -> list[dict]:
+    """Seconds per SCST step (5 samples/image, greedy baseline, CIDEr-D, update)."""
+    import tensorflow as tf
+
+    from tfcap.rewards import cider
+    from tfcap.training import scst
+
+    batch, sizes = random_batch(preset, batch_size)
+    refs = batch["captions"][:, :, 1:].numpy()
+    words = [str(i) for i in range(sizes["vocab_size"])]
+    scorer = cider.CiderD(
+        [[" ".join(map(str, r)) for r in image] for image in refs], vocabulary=words, eos_id=2
+    )
+    reward = scst.evaluator_reward(scst.cider_reward(scorer))
+    seed = tf.constant([0, 0], tf.int64)
+    rows = []
+    for variant in variants:
+        model, optimizer = _model(preset, variant, sizes["vocab_size"], sizes["feature_dim"])
+        step = scst.make_policy_step(
+            tf.distribute.get_strategy(), model, optimizer, reward, scst.SCSTConfig()
+        )
+        timed = _timed(lambda step=step: step(batch, seed)["loss"].numpy(), repeats)
+        rows.append({"variant": variant.name, **timed})
+        del model, optimizer, step
+        gc.collect()
+    return rows
+
+
+def bench_decode(
+    preset: str, batch_size: int, repeats: int, variants=DECODE_VARIANTS
+) -> list[dict]:
+    """Milliseconds per image of greedy, beam-3 and beam-5 decoding (batch `batch_size`)."""
+    import tensorflow as tf
+
+    batch, sizes = random_batch(preset, batch_size)
+    features, mask = batch["features"], batch["region_mask"]
+    rows = []
+    for variant in variants:
+        model, _ = _model(preset, variant, sizes["vocab_size"], sizes["feature_dim"])
+        row = {"variant": variant.name}
+        for name, kwargs in (
+            ("greedy", dict(method="greedy")),
+            ("beam3", dict(method="beam", beam_size=3)),
+            ("beam5", dict(method="beam", beam_size=5)),
+        ):
+            run = tf.function(
+                lambda f, m, kwargs=kwargs, model=model: model.generate(f, m, **kwargs)[0],
+                jit_compile=variant.jit_compile,
+            )
+            timed = _timed(lambda run=run: run(features, mask).numpy(), repeats)
+            row[f"{name}_ms_per_image"] = 1000 * timed["seconds"] / batch_size
+            row["peak_rss_mb"] = max(row.get("peak_rss_mb", 0), timed["peak_rss_mb"])
+        rows.append(row)
+        del model
+        gc.collect()
+    return rows
