@@ -13,6 +13,40 @@ flags.FLAGS.mark_as_parsed()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# The bad-input inventory: every malformed-input test carries `@pytest.mark.bad_input(AREA)`.
+# `pytest -m bad_input --collect-only -q` lists them and prints the count per area.
+BAD_INPUT_AREAS = (
+    "data prep",
+    "feature extraction",
+    "training input",
+    "evaluation",
+    "captioning",
+    "serving",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for mark in item.iter_markers("bad_input"):
+            if len(mark.args) != 1 or mark.args[0] not in BAD_INPUT_AREAS:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: bad_input takes one area from {BAD_INPUT_AREAS}, "
+                    f"got {mark.args}"
+                )
+
+
+def pytest_report_collectionfinish(config, start_path, items):
+    """With `-m ...bad_input...`: one line, the selected bad-input tests per area."""
+    if "bad_input" not in (config.option.markexpr or ""):
+        return []
+    counts = dict.fromkeys(BAD_INPUT_AREAS, 0)
+    for item in items:
+        mark = item.get_closest_marker("bad_input")
+        if mark is not None:
+            counts[mark.args[0]] += 1
+    per_area = ", ".join(f"{area} {n}" for area, n in counts.items())
+    return [f"bad_input inventory: {sum(counts.values())} tests ({per_area})"]
+
 
 def shared_data_dir() -> pathlib.Path:
     """`../shared/data` beside the repository, or $TFCAP_SHARED_DATA."""

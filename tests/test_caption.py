@@ -16,6 +16,8 @@ from PIL import Image
 from tfcap import caption, viz
 from tfcap.features import detector, extract, images, source
 
+bad_input = pytest.mark.bad_input("captioning")
+
 SIDES = {"backbone_min_side": "96", "backbone_max_side": "160"}
 
 
@@ -148,6 +150,7 @@ def test_saved_model_gives_the_model_dir_captions(models, model_dir, photos, tmp
             assert abs(float(a.split("\t")[2]) - float(b.split("\t")[2])) < 1e-3
 
 
+@bad_input
 def test_bad_files_are_listed_and_the_rest_captioned(models, model_dir, photos, tmp_path, capsys):
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -159,6 +162,7 @@ def test_bad_files_are_listed_and_the_rest_captioned(models, model_dir, photos, 
     assert f"FAILED {folder / 'broken.jpg'}: cannot decode" in err
 
 
+@bad_input
 def test_wrong_feature_dim_and_usage_errors(models, model_dir, photos, tmp_path, capsys):
     one = str(sorted(photos.glob("*.jpg"))[0])
     with pytest.raises(ValueError, match="dim 8, the model was trained on 16-d"):
@@ -174,3 +178,19 @@ def test_wrong_feature_dim_and_usage_errors(models, model_dir, photos, tmp_path,
         run(capsys, model_dir=model_dir, images=one, features_dir=tmp_path)
     with pytest.raises(app.UsageError, match="--detector_handle is needed"):
         run(capsys, model_dir=model_dir, images=one)
+
+
+@bad_input
+def test_missing_images_and_inputs_that_are_not_ours(
+    models, model_dir, shapes_dir, tmp_path, capsys
+):
+    with pytest.raises(app.UsageError, match=f"{tmp_path / 'nope.jpg'}: no such file"):
+        run(capsys, model_dir=model_dir, images=tmp_path / "nope.jpg", **image_flags(models))
+    with pytest.raises(app.UsageError, match=r"\*.png: no image files found"):
+        run(capsys, model_dir=model_dir, images=tmp_path / "*.png", **image_flags(models))
+    with pytest.raises(app.UsageError, match="no saved_model.pb there .*EXPORT_BASE/N"):
+        run(capsys, saved_model=tmp_path, images=tmp_path)
+    with pytest.raises(ValueError, match="not a tfcap.features.extract output"):
+        run(capsys, model_dir=model_dir, features_dir=shapes_dir)
+    with pytest.raises(FileNotFoundError, match="dataset.json"):
+        run(capsys, model_dir=model_dir, features_dir=tmp_path)

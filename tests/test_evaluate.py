@@ -9,6 +9,8 @@ from conftest import REPO, run_train
 
 from tfcap import evaluate
 
+bad_input = pytest.mark.bad_input("evaluation")
+
 
 @pytest.fixture(scope="module")
 def trained(shapes_dir, tmp_path_factory):
@@ -84,6 +86,25 @@ def test_cli_prints_one_json_line(trained, shapes_dir, tmp_path):
     assert scores["images"] == 5 and set(scores) >= {"Bleu_4", "CIDEr", "split"}
 
 
+@bad_input
 def test_missing_model_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.json not found"):
         evaluate.evaluate(str(tmp_path), None, "test")
+
+
+@bad_input
+def test_unwritable_results_json_is_refused_before_decoding(tmp_path):
+    # No model dir at all: the results path is checked first, so no decoding is wasted.
+    with pytest.raises(FileNotFoundError, match=r"results json .*r.json: directory .* not exist"):
+        evaluate.evaluate(str(tmp_path), None, "test", results_json=str(tmp_path / "no" / "r.json"))
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        evaluate.evaluate(str(tmp_path), None, "test", results_json=str(tmp_path))
+
+
+@bad_input
+def test_unknown_split_and_missing_data_dir_are_named(trained, shapes_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no shards for split 'dev'"):
+        evaluate.evaluate(str(trained), str(shapes_dir), "dev")
+    with pytest.raises(FileNotFoundError, match=f"dataset.json not found.*{tmp_path}|{tmp_path}"):
+        evaluate.evaluate(str(trained), str(tmp_path), "test")
+    assert not list(tmp_path.iterdir())  # nothing written

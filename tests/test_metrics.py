@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,8 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from pycocotools.coco import COCO
 
 from tfcap import metrics
+
+bad_input = pytest.mark.bad_input("evaluation")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -90,6 +93,7 @@ def test_cli_prints_one_json_line(files):
     assert all(isinstance(v, float) for v in scores.values())
 
 
+@bad_input
 def test_allow_missing_scores_the_subset(files, tmp_path):
     annotations, _, results = files
     subset = tmp_path / "subset.json"
@@ -116,38 +120,77 @@ def test_spice_without_jars_is_skipped_with_a_note():
 
 def _write(tmp_path, name, data) -> str:
     path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data if isinstance(data, str) else json.dumps(data))
     return str(path)
 
 
-def test_bad_input(files, tmp_path):
+def _first_id(results):
+    return results[0]["image_id"]
+
+
+# name -> (results json content (given the good results), error text); scored against ann.json
+BAD_RESULTS = {
+    "not_list": (lambda r: {"image_id": 1, "caption": "x"}, r"results must be a JSON list"),
+    "no_caption": (lambda r: [{"image_id": _first_id(r)}], r"entry 0 needs"),
+    "str_id": (lambda r: [{"image_id": "7", "caption": "x"}], r"entry 0 needs"),
+    "bool_id": (lambda r: [{"image_id": True, "caption": "x"}], r"entry 0 needs"),
+    "number_caption": (lambda r: r[:1] + [{**r[1], "caption": 5}], r"entry 1 needs"),
+    "null_caption": (lambda r: [{**r[0], "caption": None}], r"entry 0 needs"),
+    "string_entry": (lambda r: ["a dog on a bed"], r"entry 0 needs"),
+    "bad_json": (lambda r: "[{", r"not valid JSON"),
+    "not_utf8": (lambda r: b'[{"image_id": 1, "caption": "\xff\xfe"}]', r"not valid JSON"),
+    "unknown_ids": (lambda r: r + [{"image_id": i, "caption": "x"} for i in (1, 2)],
+                    r"2 image ids are not annotated in .*ann.json \(1, 2\)"),
+    "duplicate_ids": (lambda r: r + r[:3], r"3 image ids appear more than once"),
+    "missing_images": (lambda r: r[:60], r"covers 60 of the 100 images .*40 missing"),
+    "empty_allow_missing": (lambda r: [], r"covers 0 of the 100 images .*nothing to score"),
+}  # fmt: skip
+# name -> (annotations json content, error text); scored with the good results
+BAD_ANNOTATIONS = {
+    "not_coco": ([], r"not COCO caption annotations"),
+    "no_annotations": ({"annotations": []}, r"no annotations"),
+    "number_caption": ({"annotations": [{"image_id": 1, "caption": 3}]}, r"annotation 0 needs"),
+    "bad_json": ('{"annotations": [', r"not valid JSON"),
+}
+
+
+@bad_input
+@pytest.mark.parametrize("name", sorted(BAD_RESULTS))
+def test_bad_results_file_is_named_with_the_fault(files, tmp_path, name):
     annotations, _, results = files
-    ann = str(annotations)
-    cases = [
-        ({"image_id": 1, "caption": "x"}, r"not_list.json: results must be a JSON list"),
-        ([{"image_id": results[0]["image_id"]}], r"no_caption.json: entry 0 needs"),
-        ([{"image_id": "7", "caption": "x"}], r"str_id.json: entry 0 needs"),
-        ("[{", r"bad_json.json: not valid JSON"),
-        (results + [{"image_id": 1, "caption": "x"}, {"image_id": 2, "caption": "y"}],
-         r"unknown.json: 2 image ids are not annotated in .*ann.json \(1, 2\)"),
-        (results + results[:3], r"twice.json: 3 image ids appear more than once"),
-        ([], r"empty.json: covers 0 of the 100 images"),
-    ]  # fmt: skip
-    names = ["not_list", "no_caption", "str_id", "bad_json", "unknown", "twice", "empty"]
-    for name, (data, message) in zip(names, cases, strict=True):
-        path = _write(tmp_path, f"{name}.json", data)
-        with pytest.raises(ValueError, match=message):
-            metrics.score_files(ann, path, ["bleu"], allow_missing=name == "empty")
-    with pytest.raises(ValueError, match=r"not_coco.json: not COCO caption annotations"):
-        metrics.score_files(_write(tmp_path, "not_coco.json", []), str(files[1]))
+    make, message = BAD_RESULTS[name]
+    path = _write(tmp_path, f"{name}.json", make(results))
+    with pytest.raises(ValueError, match=re.escape(path) + ": " + message):
+        metrics.score_files(str(annotations), path, ["bleu"], allow_missing="allow" in name)
+
+
+@bad_input
+@pytest.mark.parametrize("name", sorted(BAD_ANNOTATIONS))
+def test_bad_annotations_file_is_named_with_the_fault(files, tmp_path, name):
+    data, message = BAD_ANNOTATIONS[name]
+    path = _write(tmp_path, f"{name}.json", data)
+    with pytest.raises(ValueError, match=re.escape(path) + ": " + message):
+        metrics.score_files(path, str(files[1]), ["bleu"])
+
+
+@bad_input
+def test_missing_files_and_bad_options(files, tmp_path):
+    ann, res = str(files[0]), str(files[1])
+    for args in ((ann, str(tmp_path / "absent.json")), (str(tmp_path / "absent.json"), res)):
+        with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "absent.json"))):
+            metrics.score_files(*args, ["bleu"])
     with pytest.raises(ValueError, match=r"unknown scorers \['spiced'\]"):
-        metrics.score_files(ann, str(files[1]), ["bleu", "spiced"])
+        metrics.score_files(ann, res, ["bleu", "spiced"])
     with pytest.raises(ValueError, match="cider_backend 'fast'"):
         metrics.score_captions({1: ["a"]}, {1: "a"}, ["cider"], cider_backend="fast")
     with pytest.raises(ValueError, match=r"only in cands: \[2\]"):
         metrics.score_captions({1: ["a"]}, {1: "a", 2: "b"}, ["bleu"])
 
 
+@bad_input
 def test_flags_validate_and_main_names_the_file(files, tmp_path):
     with flagsaver.flagsaver():
         with pytest.raises(flags.IllegalFlagValueError, match="--scorers takes"):

@@ -220,7 +220,13 @@ def feature_items(features_dir: str) -> Iterator[Item]:
     from tfcap.features import extract
 
     meta = pipeline.load_metadata(features_dir)
-    with open(os.path.join(features_dir, extract.IMAGES_JSON), encoding="utf-8") as f:
+    listing = os.path.join(features_dir, extract.IMAGES_JSON)
+    if not os.path.exists(listing):
+        raise ValueError(
+            f"{features_dir}: not a tfcap.features.extract output (no {extract.IMAGES_JSON}); "
+            "a prepared dataset is captioned with tfcap.evaluate"
+        )
+    with open(listing, encoding="utf-8") as f:
         known = {im["id"]: im for im in json.load(f)["images"]}
     parse = pipeline.parser(meta, int(meta["max_regions"]))
     for path in pipeline.split_files(features_dir, extract.SPLIT):
@@ -282,6 +288,11 @@ def _captioner():
     if bool(source.IMAGES.value) == bool(_FEATURES_DIR.value):
         raise app.UsageError("give one of --images and --features_dir")
     if _SAVED_MODEL.value:
+        if not os.path.exists(os.path.join(_SAVED_MODEL.value, "saved_model.pb")):
+            raise app.UsageError(
+                f"--saved_model={_SAVED_MODEL.value}: no saved_model.pb there "
+                "(give a version directory, EXPORT_BASE/N)"
+            )
         return SavedModelCaptioner(_SAVED_MODEL.value)
     f = flags.FLAGS
     return ModelDirCaptioner(cli_flags.MODEL_DIR.value, f.checkpoint, f.beam_size, f.length_penalty)

@@ -62,6 +62,8 @@ def evaluate(
     from tfcap import checkpoints, inference, metrics
     from tfcap.diversity import diversity
 
+    if results_json:  # refuse before decoding, not after
+        _check_writable(results_json)
     model, words, info = checkpoints.load_model(model_dir, checkpoint)
     data_dir = data_dir or info["data"]["data_dir"]
     decoded = inference.decode_split(
@@ -90,6 +92,14 @@ def evaluate(
         scores.update(judge(discriminator_dir, data_dir, split, decoded))
     scores.update(split=split, images=len(results), beam_size=beam_size, checkpoint=checkpoint)
     return scores, decoded, refs
+
+
+def _check_writable(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"results json {path}: directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"results json {path}: is a directory")
 
 
 def judge(discriminator_dir: str, data_dir: str, split: str, decoded) -> dict[str, float]:

@@ -13,6 +13,8 @@ import pytest
 from tfcap.data import butd_tsv, errors
 from tfcap.data.records import ImageRecord
 
+bad_input = pytest.mark.bad_input("data prep")
+
 
 def _record(rng: np.random.Generator, image_id: int, regions: int, dim: int = 2048) -> ImageRecord:
     """A record with normalised boxes (x1 <= x2, y1 <= y2) and float32 features."""
@@ -128,6 +130,7 @@ def _bad_cases():
 
 
 @pytest.mark.parametrize("case", sorted(_bad_cases()))
+@bad_input
 def test_bad_line_raises_naming_file_line_and_image(tmp_path, case):
     bad_line, reason = _bad_cases()[case]
     path = _write(tmp_path / "bad.tsv", [_good_line(1), bad_line, _good_line(3)])
@@ -139,12 +142,14 @@ def test_bad_line_raises_naming_file_line_and_image(tmp_path, case):
         next(records)
 
 
+@bad_input
 def test_feature_dim_is_fixed_by_the_first_record_when_not_given(tmp_path):
     path = _write(tmp_path / "f.tsv", [_good_line(1, dim=8), _good_line(2, dim=16)])
     with pytest.raises(ValueError, match=rf"{re.escape(path)}:2 \(image 2\): feature dim mismatch"):
         list(butd_tsv.read_tsv(path))
 
 
+@bad_input
 def test_skip_bad_counts_and_continues(tmp_path):
     cases = _bad_cases()
     lines = [_good_line(1), cases["nan"][0], _good_line(3), cases["field_count"][0]]
@@ -168,6 +173,7 @@ def test_image_ids_filter_skips_other_lines_without_decoding(tmp_path):
     assert [r.image_id for r in got] == [1, 4]
 
 
+@bad_input
 def test_reads_first_record_without_reading_the_rest(tmp_path):
     garbage = os.urandom(1 << 20).replace(b"\n", b"") + b"\n"
     path = _write(tmp_path / "f.tsv", [_good_line(1)] + [garbage] * 8)
@@ -208,6 +214,7 @@ def test_globs_and_file_order(tmp_path):
     assert [r.image_id for r in got] == [1, 2, 3, 4, 9]
 
 
+@bad_input
 def test_missing_files_raise_at_call_time(tmp_path):
     with pytest.raises(FileNotFoundError, match="no file matches"):
         butd_tsv.read_tsv(str(tmp_path / "*.tsv"))
@@ -215,6 +222,7 @@ def test_missing_files_raise_at_call_time(tmp_path):
         butd_tsv.read_tsv(str(tmp_path / "absent.tsv"))
 
 
+@bad_input
 def test_write_is_atomic(tmp_path):
     rng = np.random.default_rng(2)
     path = str(tmp_path / "out.tsv")

@@ -13,6 +13,8 @@ from conftest import shared_data_dir
 from tfcap.data import coco, errors
 from tfcap.data.records import ImageRecord
 
+bad_input = pytest.mark.bad_input("data prep")
+
 DATA = str(shared_data_dir())
 needs_data = pytest.mark.skipif(
     not os.path.isdir(DATA), reason=f"real test data not found at {DATA} (set TFCAP_SHARED_DATA)"
@@ -90,9 +92,35 @@ def test_read_karpathy_maps_restval_to_train(tmp_path):
             lambda d: d["images"][4].update(cocoid=d["images"][0]["cocoid"]),
             r"images\[4\] \(cocoid \d+\): cocoid appears twice",
         ),
+        (lambda d: d.update(images={"a": 1}), r'"images" must be a JSON list, got dict'),
+        (
+            lambda d: d["images"][0].update(sentences="a dog"),
+            r"images\[0\] \(cocoid \d+\) sentences must be a JSON list, got str",
+        ),
+        (
+            lambda d: d["images"][1]["sentences"][0].update(raw=None),
+            r"images\[1\] \(cocoid \d+\) sentences\[0\]: raw is not a string: None",
+        ),
+        (
+            lambda d: d["images"][0].update(cocoid="12"),
+            r"images\[0\] \(cocoid 12\): cocoid must be an integer",
+        ),
+        (lambda d: d["images"].__setitem__(2, "x"), r"images\[2\] must be a JSON object, got str"),
     ],
-    ids=["images", "sentences", "split", "raw", "duplicate"],
+    ids=[
+        "images",
+        "sentences",
+        "split",
+        "raw",
+        "duplicate",
+        "images_not_list",
+        "sentences_not_list",
+        "raw_not_string",
+        "cocoid_string",
+        "image_not_object",
+    ],
 )
+@bad_input
 def test_read_karpathy_errors_name_the_file(tmp_path, mutate, message):
     path = _karpathy_from_samples(tmp_path / "dataset_coco.json")
     with open(path) as f:
@@ -130,6 +158,7 @@ def _small_annotations() -> dict:
     }
 
 
+@bad_input
 def test_unknown_image_id_names_file_annotation_and_image(tmp_path):
     path = _dump(tmp_path / "captions.json", _small_annotations())
     want = f"{path}: annotation 11 (annotations[1]): image_id not in images: 99"
@@ -137,6 +166,7 @@ def test_unknown_image_id_names_file_annotation_and_image(tmp_path):
         coco.read_coco_annotations(path)
 
 
+@bad_input
 def test_skip_bad_annotations_counts_them(tmp_path):
     path = _dump(tmp_path / "captions.json", _small_annotations())
     want = [
@@ -162,11 +192,32 @@ def test_skip_bad_annotations_counts_them(tmp_path):
             '{"images": [{"file_name": "a.jpg"}], "annotations": []}',
             "images[0] is missing key(s) 'id'",
         ),
+        ('{"images": {}, "annotations": []}', '"images" must be a JSON list, got dict'),
+        ('{"images": [], "annotations": 5}', '"annotations" must be a JSON list, got int'),
+        ('{"images": [{"id": "1"}], "annotations": []}', "images[0]: id is not an integer: '1'"),
+        ('{"images": [{"id": 1}, {"id": 1}], "annotations": []}', "images[1]: image id 1 appears"),
+        (
+            '{"images": [{"id": 1}], "annotations": [{"id": 3, "image_id": [1], "caption": "x"}]}',
+            "annotation 3 (annotations[0]): image_id is not an integer: [1]",
+        ),
+        (
+            '{"images": [{"id": 1}], "annotations": [{"id": 3, "image_id": 1, "caption": 7}]}',
+            "annotation 3 (annotations[0]): caption is not a string: 7",
+        ),
+        (
+            '{"images": [{"id": 1}], "annotations": ["a cat"]}',
+            "annotations[0]: annotation is not a JSON object",
+        ),
+        (b'{"images": [], "annotations": ["\xff"]}', "not a JSON file"),
     ],
 )
+@bad_input
 def test_malformed_annotation_files_name_the_file(tmp_path, content, message):
     path = tmp_path / "captions.json"
-    path.write_text(content)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
     with pytest.raises(ValueError, match=re.escape(f"{path}: {message}")):
         coco.read_coco_annotations(str(path))
 
@@ -193,6 +244,7 @@ def test_write_coco_annotations_loads_in_pycocotools_and_round_trips(tmp_path):
     assert [(i.image_id, i.captions) for i in reread] == [(i.image_id, i.captions) for i in images]
 
 
+@bad_input
 def test_write_coco_annotations_accepts_image_records_and_rejects_duplicates(tmp_path):
     record = ImageRecord(5, 10, 10, np.zeros((1, 4)), np.zeros((1, 2)), ["one", "two"])
     path = str(tmp_path / "refs.json")

@@ -10,6 +10,8 @@ import tensorflow as tf
 
 from tfcap.data import pipeline, vocab
 
+bad_input = pytest.mark.bad_input("training input")
+
 
 def _all(ds):
     return [{k: v.numpy() for k, v in b.items()} for b in ds]
@@ -114,6 +116,7 @@ def _copy(shapes_dir, tmp_path):
     return out
 
 
+@bad_input
 def test_feature_dim_disagreeing_with_metadata_names_file_and_record(shapes_dir, tmp_path):
     data = _copy(shapes_dir, tmp_path)
     meta = json.load(open(data / "dataset.json"))
@@ -126,6 +129,7 @@ def test_feature_dim_disagreeing_with_metadata_names_file_and_record(shapes_dir,
     assert "feature_dim 32" in e.value.message
 
 
+@bad_input
 def test_corrupt_shard_is_named_and_skippable(shapes_dir, tmp_path):
     data = _copy(shapes_dir, tmp_path)
     shard = data / "train-00001-of-00002.tfrecord"
@@ -149,6 +153,7 @@ def test_corrupt_shard_is_named_and_skippable(shapes_dir, tmp_path):
     assert 20 <= n < 40  # the intact shard whole, the corrupt one up to the bad record
 
 
+@bad_input
 def test_truncated_shard_is_named(shapes_dir, tmp_path):
     data = _copy(shapes_dir, tmp_path)
     shard = data / "val-00000-of-00001.tfrecord"
@@ -159,6 +164,7 @@ def test_truncated_shard_is_named(shapes_dir, tmp_path):
         pipeline.check_shards(pipeline.split_files(str(data), "val"))
 
 
+@bad_input
 def test_missing_split_and_metadata_errors(shapes_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no shards for split 'dev'"):
         pipeline.split_files(str(shapes_dir), "dev")
@@ -169,6 +175,7 @@ def test_missing_split_and_metadata_errors(shapes_dir, tmp_path):
         pipeline.load_metadata(str(tmp_path))
 
 
+@bad_input
 def test_records_without_captions_give_all_pad_rows(shapes_dir, tmp_path):
     from tfcap.data import records
 

@@ -10,6 +10,8 @@ from conftest import run_prepare
 
 from tfcap.data import butd_tsv, pipeline, records, vocab
 
+bad_input = pytest.mark.bad_input("data prep")
+
 
 def _sample_images(shared_data):
     """The 15 real COCO samples: [(image_id, width, height, captions)]."""
@@ -141,6 +143,7 @@ def test_two_workers_write_the_same_records(tmp_path):
             assert one == two, name  # protos compare by content (map order may differ)
 
 
+@bad_input
 def test_refuses_non_empty_output_and_overwrite_keeps_old_on_failure(tmp_path, shared_data):
     out = tmp_path / "out"
     out.mkdir()
@@ -162,6 +165,7 @@ def test_refuses_non_empty_output_and_overwrite_keeps_old_on_failure(tmp_path, s
     assert not (out / "keep.txt").exists() and (out / "dataset.json").exists()
 
 
+@bad_input
 def test_bad_tsv_lines_are_skipped_and_counted(tmp_path, shared_data):
     images = _sample_images(shared_data)
     tsv, ann = _write_inputs(tmp_path, images)
@@ -178,12 +182,14 @@ def test_bad_tsv_lines_are_skipped_and_counted(tmp_path, shared_data):
     assert sum(s["images"] for s in meta["splits"].values()) == len(images) - 1
 
 
+@bad_input
 def test_feature_dim_flag_must_match_the_tsv(tmp_path, shared_data):
     tsv, ann = _write_inputs(tmp_path, _sample_images(shared_data), dim=64)
     with pytest.raises(ValueError, match=r"feats\.tsv:1 .*2048"):
         run_prepare(tmp_path / "out", feature_dim="2048", **_coco_flags(tsv, ann))
 
 
+@bad_input
 def test_caption_for_unknown_image_is_named_or_skipped(tmp_path, shared_data):
     tsv, ann = _write_inputs(tmp_path, _sample_images(shared_data))
     data = json.load(open(ann["val"]))
@@ -195,6 +201,7 @@ def test_caption_for_unknown_image_is_named_or_skipped(tmp_path, shared_data):
     assert meta["splits"]["val"]["captions"] == 15
 
 
+@bad_input
 def test_empty_split_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="split 'test' has no images"):
         run_prepare(tmp_path / "out", source="shapes", shapes_sizes="train=4,val=2,test=0")

@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from tfcap.data import vocab
 
+bad_input = pytest.mark.bad_input("data prep")
+
 
 def test_tokenize_lowercases_and_strips_punctuation():
     got = vocab.tokenize_py(["A Man's RED hat, on a T-shirt!", "  two   dogs.  ", "Café au lait?"])
@@ -50,6 +52,7 @@ def test_save_load_round_trip(tmp_path):
     assert vocab.Vocab.load(path).words == v.words
 
 
+@bad_input
 def test_load_rejects_a_file_without_specials(tmp_path):
     path = tmp_path / "vocab.txt"
     path.write_text("a\nb\n")

@@ -17,10 +17,14 @@ semantics (https://www.tensorflow.org/tfx/serving/api_rest):
   input). Answer `{"outputs": {name: value}}` (bare for one output).
 - Binary strings travel as `{"b64": "..."}`; string outputs whose name ends in
   `_bytes` are sent the same way.
-- Errors: `{"error": "..."}`, status 400 for a bad request (unparsable JSON,
-  bad base64, wrong dtype or shape, empty batch, batch over `max_batch`, both
-  `instances` and `inputs`, an input the graph rejects), 404 for an unknown
-  model, version or path, 500 for anything else; the server keeps running.
+- Errors: `{"error": "..."}`, status 400 for a bad request (unparsable or too
+  deeply nested JSON, bad base64, a string that is not UTF-8, wrong dtype or
+  shape, a number that is not finite in the input's dtype, empty batch, batch
+  over `max_batch`, both `instances` and `inputs`, an input the graph rejects,
+  a bad Content-Length), 404 for an unknown model, version or path, 405 for
+  another HTTP method, 500 for anything else (a fault of the server, never of
+  the request: tests/export/test_request_fuzz.py holds it to that); the server
+  keeps running.
 
 Run as a process: `python tests/export/serving_server.py --model_base_path=DIR
 --model_name=tfcap --port=8501`.
@@ -113,6 +117,8 @@ class ServingApp:
             return e.status, {"error": str(e)}
         except tf.errors.InvalidArgumentError as e:
             return 400, {"error": _clean_tf_message(e.message)}
+        except RecursionError:
+            return 400, {"error": "JSON Value: request nested too deeply"}
         except Exception as e:  # noqa: BLE001 - a server answers, it does not crash
             return 500, {"error": f"{type(e).__name__}: {e}"}
 
@@ -143,6 +149,8 @@ class ServingApp:
             request = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise RequestError(f"JSON Parse error: {e}") from None
+        except RecursionError:
+            raise RequestError("JSON Parse error: nested too deeply") from None
         if not isinstance(request, dict):
             raise RequestError("JSON Value: request body is not an object")
         sig_name = request.get("signature_name", "serving_default")
@@ -234,7 +242,16 @@ def _to_array(name: str, value, spec: tf.TensorSpec) -> np.ndarray:
     elif dtype.is_floating:
         if any(isinstance(v, bool) or not isinstance(v, int | float) for v in flat):
             raise RequestError(f"input {name}: values must be numbers ({dtype.name})")
-        data = np.array(flat, dtype.as_numpy_dtype)
+        with np.errstate(over="ignore"):
+            try:
+                data = np.array(flat, dtype.as_numpy_dtype)
+            except OverflowError:  # an integer beyond float64
+                data = np.array([np.inf])
+        if not np.all(np.isfinite(data)):
+            raise RequestError(
+                f"input {name}: values must be finite {dtype.name} numbers "
+                "(got NaN, Infinity or a number beyond its range)"
+            )
     elif dtype.is_integer:
         if any(isinstance(v, bool) or not isinstance(v, int) for v in flat):
             raise RequestError(f"input {name}: values must be integers ({dtype.name})")
@@ -276,7 +293,10 @@ def _flatten(name: str, value, out: list) -> None:
 
 def _string(name: str, value) -> bytes:
     if isinstance(value, str):
-        return value.encode("utf-8")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:  # JSON "\ud800": a lone surrogate
+            raise RequestError(f"input {name}: a string is not valid UTF-8") from None
     if _is_b64(value):
         try:
             return base64.b64decode(value["b64"], validate=True)
@@ -329,9 +349,16 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
+            length = -1
+        if length < 0:
             self._answer(400, {"error": "bad Content-Length"})
             return
         self._answer(*self.app.handle("POST", self.path, self.rfile.read(length)))
+
+    def _not_allowed(self):
+        self._answer(405, {"error": f"Method not allowed: {self.command} {self.path}"})
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
 
     def _answer(self, status: int, payload: dict) -> None:
         body = json.dumps(payload, indent=1).encode("utf-8")
@@ -345,6 +372,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # listen backlog: many clients connecting at once wait, not retry
+
+
 def make_server(
     base_path: str,
     model_name: str,
@@ -356,8 +388,7 @@ def make_server(
     (`server.server_address[1]`)."""
     app = ServingApp(ModelStore(base_path, model_name), max_batch)
     handler = type("Handler", (_Handler,), {"app": app})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    server = _Server((host, port), handler)
     return server
 
 

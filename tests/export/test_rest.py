@@ -19,6 +19,8 @@ from serving_server import make_server, start_in_thread
 from export import client as client_lib
 from export.client import ServingClient, ServingError, b64
 
+bad_input = pytest.mark.bad_input("serving")
+
 pytest_plugins = ["export_fixtures"]
 MAX_BATCH = 4
 
@@ -169,6 +171,7 @@ def _post(url: str, body) -> tuple[int, dict]:
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS) + sorted(FEATURE_REQUESTS))
+@bad_input
 def test_bad_requests_get_400_with_a_clear_error(client, server_url, test_batch, case):
     if case in BAD_REQUESTS:
         body, expected = BAD_REQUESTS[case]
@@ -181,6 +184,7 @@ def test_bad_requests_get_400_with_a_clear_error(client, server_url, test_batch,
     assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"  # still up
 
 
+@bad_input
 def test_unparsable_json_and_unknown_paths(server_url):
     assert _post(server_url, b"{not json")[0] == 400
     assert _post(server_url, b"[1, 2]")[0] == 400

@@ -7,6 +7,8 @@ import tensorflow as tf
 
 from tfcap.features import detector, images, source
 
+bad_input = pytest.mark.bad_input("feature extraction")
+
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
@@ -62,6 +64,7 @@ def test_detection_features_are_used(models, photo, name, dim):
         np.testing.assert_allclose(dets.features, raw[0].numpy().mean(axis=(1, 2)), rtol=1e-6)
 
 
+@bad_input
 def test_a_model_without_detector_outputs_is_refused(models, photo):
     with pytest.raises(ValueError, match="detection_boxes.*Object Detection API"):
         detector.Detector(models["backbone"])(photo)

@@ -15,6 +15,8 @@ from PIL import Image
 from tfcap.data import errors, pipeline, records
 from tfcap.features import detector, extract, images, source
 
+bad_input = pytest.mark.bad_input("feature extraction")
+
 SIZES = dict(min_side=96, max_side=160)  # small backbone inputs: fast
 
 
@@ -122,6 +124,7 @@ def test_same_inputs_give_identical_shards_and_resume_redoes_only_missing(
     assert again["written"] == ["images-00002-of-00003.tfrecord"] and len(again["skipped"]) == 2
 
 
+@bad_input
 def test_other_settings_need_overwrite(extracted, samples, config, tmp_path):
     out = tmp_path / "o"
     paths = images.list_images([str(samples)])[:2]
@@ -168,6 +171,7 @@ def test_detection_features_skip_the_backbone(samples, models, tmp_path):
         _extract(paths, source.ExtractorConfig(models["detector"]), tmp_path, "y")
 
 
+@bad_input
 def test_bad_files_are_listed_and_the_rest_written(samples, config, tmp_path, capsys):
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -239,6 +243,7 @@ def test_grayscale_rgba_and_exif_rotated_images(samples, config, tmp_path):
     np.testing.assert_array_equal(found[2][3], found[1][3])
 
 
+@bad_input
 def test_list_images_and_ids(samples, tmp_path):
     assert len(images.list_images([str(samples)])) == 15  # the json files are not images
     with pytest.raises(FileNotFoundError, match="no such file"):
@@ -267,6 +272,7 @@ def coco_files(samples, tmp_path):
     return out
 
 
+@bad_input
 def test_images_source_for_prepare(samples, config, tmp_path):
     splits = source.captioned_images(coco_files(samples, tmp_path), str(samples))
     assert {k: len(v) for k, v in splits.items()} == {"train": 10, "val": 5}

@@ -66,6 +66,16 @@ def _require(obj: Any, keys: Sequence[str], path: str, what: str) -> None:
         raise ValueError(f"{path}: {what} is missing key(s) {', '.join(map(repr, missing))}")
 
 
+def _require_list(obj: Any, path: str, what: str) -> list:
+    if not isinstance(obj, list):
+        raise ValueError(f"{path}: {what} must be a JSON list, got {type(obj).__name__}")
+    return obj
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def read_karpathy(path: str) -> dict[str, list[CaptionedImage]]:
     """Reads Karpathy's `dataset_coco.json`.
 
@@ -79,18 +89,19 @@ def read_karpathy(path: str) -> dict[str, list[CaptionedImage]]:
 
     Raises:
         ValueError naming the file (and the image's index and id) when the file is
-        not JSON, a key is missing, a split is unknown or an id repeats.
+        not JSON, a key is missing, a list is not a list, a split is unknown, a
+        caption is not a string or an id repeats.
     """
     data = _load_json(path)
     _require(data, ["images"], path, "top level")
     splits: dict[str, list[CaptionedImage]] = {name: [] for name in ("train", "val", "test")}
     seen: set[int] = set()
-    for index, image in enumerate(data["images"]):
+    for index, image in enumerate(_require_list(data["images"], path, '"images"')):
         what = f"images[{index}]"
         _require(image, ["split", "cocoid", "filename", "sentences"], path, what)
         image_id = image["cocoid"]
         what = f"images[{index}] (cocoid {image_id})"
-        if not isinstance(image_id, int) or isinstance(image_id, bool):
+        if not _is_int(image_id):
             raise ValueError(f"{path}: {what}: cocoid must be an integer")
         if image_id in seen:
             raise ValueError(f"{path}: {what}: cocoid appears twice")
@@ -101,9 +112,13 @@ def read_karpathy(path: str) -> dict[str, list[CaptionedImage]]:
                 f"expected one of {sorted(KARPATHY_SPLITS)}"
             )
         captions = []
-        for j, sentence in enumerate(image["sentences"]):
+        for j, sentence in enumerate(_require_list(image["sentences"], path, f"{what} sentences")):
             _require(sentence, ["raw"], path, f"{what} sentences[{j}]")
-            captions.append(str(sentence["raw"]))
+            if not isinstance(sentence["raw"], str):
+                raise ValueError(
+                    f"{path}: {what} sentences[{j}]: raw is not a string: {sentence['raw']!r:.80}"
+                )
+            captions.append(sentence["raw"])
         file_name = posixpath.join(image.get("filepath", ""), image["filename"])
         splits[KARPATHY_SPLITS[image["split"]]].append(
             CaptionedImage(image_id, file_name, tuple(captions))
@@ -121,8 +136,9 @@ def read_coco_annotations(
         path: json with `images` (`id`, and `file_name`: "" when absent, as in
             files from `write_coco_annotations`) and `annotations` (`id`,
             `image_id`, `caption`).
-        skip_bad: what to do with an annotation that lacks a key, has a
-            non-string caption or an `image_id` not in `images` (see `errors`):
+        skip_bad: what to do with an annotation that is not an object, lacks a
+            key, has a non-string caption or an `image_id` that is not an integer
+            or not in `images` (see `errors`):
             False raises, True or a `BadRecords` skips and counts.
 
     Returns:
@@ -131,20 +147,23 @@ def read_coco_annotations(
 
     Raises:
         ValueError naming the file (and the annotation's id and image id) for a
-        file that is not JSON, missing top-level or image keys, a repeated
-        image id, and (unless skipped) bad annotations.
+        file that is not JSON, missing top-level or image keys, `images` or
+        `annotations` not a list, an image id that is not an integer or repeats,
+        and (unless skipped) bad annotations.
     """
     bad, owned = errors.resolve(skip_bad)
     data = _load_json(path)
     _require(data, ["images", "annotations"], path, "top level")
     names: dict[int, str] = {}
-    for index, image in enumerate(data["images"]):
+    for index, image in enumerate(_require_list(data["images"], path, '"images"')):
         _require(image, ["id"], path, f"images[{index}]")
+        if not _is_int(image["id"]):
+            raise ValueError(f"{path}: images[{index}]: id is not an integer: {image['id']!r:.80}")
         if image["id"] in names:
             raise ValueError(f"{path}: images[{index}]: image id {image['id']} appears twice")
         names[image["id"]] = image.get("file_name", "")
     captions: dict[int, list[str]] = {image_id: [] for image_id in names}
-    for index, ann in enumerate(data["annotations"]):
+    for index, ann in enumerate(_require_list(data["annotations"], path, '"annotations"')):
         if not isinstance(ann, dict):
             bad.add(f"{path}: annotations[{index}]", "annotation is not a JSON object")
             continue
@@ -152,6 +171,9 @@ def read_coco_annotations(
         missing = [k for k in ("image_id", "caption") if k not in ann]
         if missing:
             bad.add(where, f"missing key(s): {', '.join(missing)}")
+            continue
+        if not _is_int(ann["image_id"]):
+            bad.add(where, f"image_id is not an integer: {ann['image_id']!r:.80}")
             continue
         if ann["image_id"] not in captions:
             bad.add(where, f"image_id not in images: {ann['image_id']}")

@@ -116,7 +116,8 @@ def load_image(path: str) -> np.ndarray:
     except OSError as err:  # truncated or corrupt data; missing files; permissions
         if not os.path.exists(path):
             raise ImageError("cannot read: no such file") from None
-        reason = "cannot read" if isinstance(err, PermissionError) else "cannot decode"
+        unreadable = isinstance(err, PermissionError | IsADirectoryError)
+        reason = "cannot read" if unreadable else "cannot decode"
         raise ImageError(f"{reason}: {err}") from None
     except (ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageError(f"cannot decode: {err}") from None
