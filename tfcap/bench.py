@@ -20,6 +20,8 @@ Benchmarks (`--only`, default all, in this order):
           against the records/s the fastest XE step consumes.
 
 Every figure is measured in this run; ratios compare figures of the same run.
+Each model variant runs in a fresh process, one at a time; its peak RSS is the
+peak memory of that process (model, optimizer, compiled step and data).
 The reference column holds a widely used PyTorch implementation of the same
 model measured on these 2-core machines (its own figures, not run here).
 """
@@ -255,20 +257,23 @@ def run(
             elif name == "cider":
                 res["cider"] = bench_cider(repeats)
             elif name == "xe":
-                rows = mb.bench_xe(preset, batch_size, repeats, pick(mb.XE_VARIANTS, defaults))
+                variants_ = pick(mb.XE_VARIANTS, defaults)
+                rows = mb.isolated("xe", preset, batch_size, repeats, variants_)
                 res["xe"] = {"flops_per_step": xe_flops(preset, batch_size), "variants": rows}
             elif name == "scst":
-                rows = mb.bench_scst(preset, batch_size, repeats, pick(mb.SCST_VARIANTS, defaults))
+                variants_ = pick(mb.SCST_VARIANTS, defaults)
+                rows = mb.isolated("scst", preset, batch_size, repeats, variants_)
                 res["scst"] = {"variants": rows}
             elif name == "decode":
                 variants_ = pick(mb.DECODE_VARIANTS, defaults)
-                rows = mb.bench_decode(preset, batch_size, repeats, variants_)
+                rows = mb.isolated("decode", preset, batch_size, repeats, variants_)
                 res["decode"] = {"variants": rows}
             elif name == "input":
                 with tempfile.TemporaryDirectory() as tmp:
                     source = data_dir or _bench_dataset_dir(tmp)
                     res["input"] = bench_input(source, batch_size, repeats)
-        res[name]["peak_rss_mb"] = round(memory.peak_mb)
+        if name in ("cider", "input"):  # model variants report their own process's peak
+            res[name]["peak_rss_mb"] = round(memory.peak_mb)
     _derive(out)
     return out
 
@@ -333,7 +338,7 @@ def table(out: dict) -> str:
             continue
         lines += [
             f"| {name.upper()} step | s/step | vs first row | vs PyTorch ref "
-            f"({out['reference'][ref_key]} s) | GFLOP/s (of peak) | process peak RSS MB |",
+            f"({out['reference'][ref_key]} s) | GFLOP/s (of peak) | peak RSS MB |",
             "|---|---|---|---|---|---|",
         ]
         for r in res[name]["variants"]:
@@ -353,7 +358,7 @@ def table(out: dict) -> str:
     if "decode" in res:
         lines += [
             "| Decoding, ms/image | greedy | beam-3 | beam-5 | beam-5 vs PyTorch ref "
-            f"({out['reference']['beam5_ms']:.0f} ms) | process peak RSS MB |",
+            f"({out['reference']['beam5_ms']:.0f} ms) | peak RSS MB |",
             "|---|---|---|---|---|---|",
         ]
         for r in res["decode"]["variants"]:

@@ -96,6 +96,28 @@ def _timed(fn, repeats: int) -> dict:
     return {"seconds": seconds, "peak_rss_mb": round(memory.peak_mb)}
 
 
+def _one(kind: str, preset: str, batch_size: int, repeats: int, variant: Variant) -> dict:
+    bench = {"xe": bench_xe, "scst": bench_scst, "decode": bench_decode}[kind]
+    return bench(preset, batch_size, repeats, (variant,))[0]
+
+
+def isolated(kind: str, preset: str, batch_size: int, repeats: int, variants) -> list[dict]:
+    """`bench_<kind>` with each variant in a fresh process, one after another.
+
+    Each figure then has the machine to itself, and a row's `peak_rss_mb` is the
+    peak memory of that variant's process (model, optimizer, step, data).
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for variant in variants:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            rows.append(pool.submit(_one, kind, preset, batch_size, repeats, variant).result())
+    return rows
+
+
 def bench_xe(preset: str, batch_size: int, repeats: int, variants=XE_VARIANTS) -> list[dict]:
     """Seconds per XE step (forward, backward, Adam) for each variant."""
     import tensorflow as tf
