@@ -226,10 +226,12 @@ def run(
     repeats: int,
     variants: bool,
     data_dir: str | None = None,
+    isolate: bool = True,
 ) -> dict:
     """All requested benchmarks; the results dict of the JSON output.
 
     `data_dir`: the dataset of the input benchmark (default: random records).
+    `isolate`: each model variant in a fresh process (else all in this one).
     """
     import tensorflow as tf
 
@@ -249,6 +251,7 @@ def run(
     res = out["results"]
     pick = lambda all_, few: all_ if variants else few  # noqa: E731
     defaults = (mb.DEFAULT, mb.XE_VARIANTS[4])
+    models = mb.isolated if isolate else mb.in_process
     for name in [n for n in BENCHMARKS if n in only]:
         logging.info("benchmark %s", name)
         with PeakRSS() as memory:
@@ -258,15 +261,15 @@ def run(
                 res["cider"] = bench_cider(repeats)
             elif name == "xe":
                 variants_ = pick(mb.XE_VARIANTS, defaults)
-                rows = mb.isolated("xe", preset, batch_size, repeats, variants_)
+                rows = models("xe", preset, batch_size, repeats, variants_)
                 res["xe"] = {"flops_per_step": xe_flops(preset, batch_size), "variants": rows}
             elif name == "scst":
                 variants_ = pick(mb.SCST_VARIANTS, defaults)
-                rows = mb.isolated("scst", preset, batch_size, repeats, variants_)
+                rows = models("scst", preset, batch_size, repeats, variants_)
                 res["scst"] = {"variants": rows}
             elif name == "decode":
                 variants_ = pick(mb.DECODE_VARIANTS, defaults)
-                rows = mb.isolated("decode", preset, batch_size, repeats, variants_)
+                rows = models("decode", preset, batch_size, repeats, variants_)
                 res["decode"] = {"variants": rows}
             elif name == "input":
                 with tempfile.TemporaryDirectory() as tmp:

@@ -9,10 +9,17 @@
 
 `make_strategy` must run before TensorFlow initialises its devices (before the
 first op), as logical device configuration cannot change afterwards.
+
+When a worker of a multi-worker job dies, TensorFlow's coordination service
+stops receiving its heartbeats and aborts the collectives of the others
+(about 10 s here); `explain_lost_workers` turns that into `WorkerLostError`,
+which says how to resume. Restarting every worker with the same command
+resumes from the chief's last checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -69,3 +76,30 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "chief" or (
         resolver.task_type == "worker" and resolver.task_id == 0
     )
+
+
+class WorkerLostError(RuntimeError):
+    """A multi-worker job lost a worker (its collectives were aborted)."""
+
+
+@contextlib.contextmanager
+def explain_lost_workers(strategy: tf.distribute.Strategy, model_dir: str):
+    """Re-raises a collective failure of a multi-worker job as `WorkerLostError`."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        yield
+        return
+    try:
+        yield
+    except (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.AbortedError,
+        tf.errors.CancelledError,
+    ) as e:
+        first = str(e).strip().splitlines()
+        raise WorkerLostError(
+            f"{resolver.task_type} {resolver.task_id}: the multi-worker job lost a worker "
+            f"({type(e).__name__}: {' '.join(first[:3])[:400]}). Restart every worker with "
+            f"the same command and TF_CONFIG to resume from {model_dir}/ckpt."
+        ) from e

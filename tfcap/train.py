@@ -98,6 +98,19 @@ _VAL_BEAM = flags.DEFINE_integer(
 _DETERMINISTIC = flags.DEFINE_bool(
     "deterministic", False, "Deterministic ops and input order (slower)."
 )
+_MAX_NONFINITE = flags.DEFINE_integer(
+    "max_consecutive_nonfinite",
+    10,
+    "Steps with a NaN/Inf loss or gradient are skipped and counted; stop after this "
+    "many in a row (without saving).",
+    lower_bound=1,
+)
+_INJECT_NONFINITE = flags.DEFINE_list(
+    "inject_nonfinite_steps",
+    [],
+    "Testing aid: global steps (1-based) whose loss is multiplied by NaN, or by Inf "
+    "with STEP:inf, to exercise the non-finite guard.",
+)
 _FINAL_METRICS = flags.DEFINE_bool(
     "final_metrics", True, "Full pycocoevalcap scores on val at the end of each phase."
 )
@@ -161,6 +174,30 @@ for _name in ("data_dir", "model_dir", "batch_size", "seed", "skip_bad_records",
     flags.declare_key_flag(_name)  # shared flags (tfcap.cli_flags) in --helpshort
 
 
+def parse_injections(values: list[str]) -> dict[int, float]:
+    """`--inject_nonfinite_steps` -> {global step: loss multiplier}.
+
+    >>> parse_injections(["3", "5:inf"])
+    {3: nan, 5: inf}
+    """
+    out = {}
+    for value in values:
+        step, _, kind = value.partition(":")
+        if not step.isdigit() or int(step) < 1 or kind not in ("", "nan", "inf"):
+            raise ValueError(f"--inject_nonfinite_steps: expected STEP or STEP:inf, got {value!r}")
+        out[int(step)] = float(kind or "nan")
+    return out
+
+
+@flags.validator("inject_nonfinite_steps", message="expected steps N or N:inf (N >= 1)")
+def _check_injections(values):
+    try:
+        parse_injections(values)
+    except ValueError:
+        return False
+    return True
+
+
 @flags.validator("phases", message=f"--phases must be a list of {PHASES}")
 def _check_phases(values):
     return bool(values) and all(v in PHASES for v in values)
@@ -184,6 +221,8 @@ def _run_config():
         val_batch_size=_VAL_BATCH.value,
         skip_bad_records=cli_flags.SKIP_BAD_RECORDS.value,
         val_beam_size=_VAL_BEAM.value,
+        max_consecutive_nonfinite=_MAX_NONFINITE.value,
+        inject_nonfinite=parse_injections(_INJECT_NONFINITE.value),
     )
 
 
@@ -320,8 +359,9 @@ def main(argv):
         model.count_params(),
         strategy.num_replicas_in_sync,
     )
-    run_phases(trainer)
-    trainer.finish()
+    with distribute.explain_lost_workers(strategy, run.model_dir):
+        run_phases(trainer)
+        trainer.finish()
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from tfcap.data import vocab
 from tfcap.model.discriminator import Discriminator
-from tfcap.training.xe import apply_replica_gradients
+from tfcap.training.xe import apply_if_finite, reduce_gradients
 
 REAL, FAKE, WRONG = 0, 1, 2
 KINDS = ("real", "fake", "wrong")
@@ -197,6 +197,7 @@ def make_d_step(
     config: DConfig = DConfig(),
     seq_per_img: int | None = None,
     jit_compile: bool = False,
+    loss_multiplier: tf.Variable | None = None,
 ):
     """A tf.function `(distributed batch, fake_ids=None) -> metrics dict`, one D update.
 
@@ -205,7 +206,10 @@ def make_d_step(
     `seq_per_img` defaults to the batch's `captions.shape[1]`. The metrics are
     scalars: `loss` (the global loss), `grad_norm` (before clipping) and
     `summarize`'s per-kind accuracies and mean probabilities over the global batch.
-    Build D and the optimizer (in `strategy.scope()`) before the first call.
+    A step whose `loss` or `grad_norm` is not finite made no update
+    (`tfcap.training.xe.step_skipped`). Build D and the optimizer (in
+    `strategy.scope()`) before the first call. `loss_multiplier`: a testing aid
+    as in `tfcap.training.xe.make_xe_step`.
     """
 
     def replica_step(batch, fake_ids):
@@ -219,16 +223,19 @@ def make_d_step(
                 batch["features"], batch.get("region_mask"), pairs.ids, training=True
             )
             loss, sums = d_loss(logits, pairs, config, counts)
-        # The embedding's gradient is IndexedSlices; apply_replica_gradients scales densely.
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
-        norm = apply_replica_gradients(
-            optimizer, grads, variables, config.grad_clip, config.grad_clip_mode
-        )
-        return loss, sums, norm
+            if loss_multiplier is not None:
+                loss = loss * loss_multiplier
+        # The embedding's gradient is IndexedSlices; reduce_gradients makes it dense.
+        grads, norm, finite = reduce_gradients(tape.gradient(loss, variables), loss)
+        return loss, sums, norm, grads, finite
 
     @tf.function(jit_compile=jit_compile)
     def step(dist_batch, fake_ids=None):
-        loss, sums, norm = strategy.run(replica_step, args=(dist_batch, fake_ids))
+        args = (dist_batch, fake_ids)
+        loss, sums, norm, grads, finite = strategy.run(replica_step, args=args)
+        variables = discriminator.trainable_variables
+        clip, mode = config.grad_clip, config.grad_clip_mode
+        apply_if_finite(strategy, optimizer, variables, grads, finite, clip, mode)
         total = lambda x: strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)  # noqa: E731
         sums = tf.nest.map_structure(total, sums)
         return {

@@ -21,7 +21,7 @@ from absl import logging
 
 from tfcap.model.discriminator import Discriminator
 from tfcap.training import discriminator_step as dstep
-from tfcap.training import phases, scst
+from tfcap.training import phases, scst, xe
 from tfcap.training.loop import Trainer
 
 DISCRIMINATOR_JSON = "discriminator.json"
@@ -116,24 +116,36 @@ def run_gan(trainer: Trainer, phase: phases.PhaseConfig, policy: scst.SCSTConfig
         d_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="d_pretrain_step")
     g_opt = phases.make_optimizer(trainer, phase, model.trainable_variables)
     trainer.restore(gan_optimizer=g_opt, discriminator=d, d_optimizer=d_opt, d_pretrain=d_counter)
-    d_update = dstep.make_d_step(strategy, d, d_opt, dstep.DConfig(), seq_per_img=run.seq_per_img)
+    d_update = dstep.make_d_step(
+        strategy,
+        d,
+        d_opt,
+        dstep.DConfig(),
+        seq_per_img=run.seq_per_img,
+        loss_multiplier=trainer.loss_multiplier,
+    )
     sample = make_fake_sampler(strategy, model, run.seq_per_img, policy.temperature)
     reward = gan_reward(d, phases.evaluator(trainer, cfg.evaluator), cfg.alpha)
-    policy_step = scst.make_policy_step(strategy, model, g_opt, reward, policy)
+    policy_step = scst.make_policy_step(
+        strategy, model, g_opt, reward, policy, trainer.loss_multiplier
+    )
 
     def train_d(batch, step):
         seed = tf.constant([run.seed + 2, step], tf.int64)
-        out = d_update(batch, sample(batch, seed))
-        return {f"d_{k}": float(v) for k, v in out.items()}
+        out = {f"d_{k}": float(v) for k, v in d_update(batch, sample(batch, seed)).items()}
+        return {**out, "d_skipped": float(xe.step_skipped(out["d_loss"], out["d_grad_norm"]))}
 
     _pretrain_d(trainer, d_counter, cfg.d_pretrain_steps, train_d)
 
     def step_fn(batch, step, epoch):
-        d_out = {}
+        d_out, d_skipped = {}, 0.0
         for i in range(cfg.d_steps):
             d_out = train_d(batch, step * max(cfg.d_steps, 1) + i)
+            d_skipped += d_out.pop("d_skipped")
         seed = tf.constant([run.seed + 3, step], tf.int64)
         out = {k: float(v) for k, v in policy_step(batch, seed).items()}
+        # the step counts as skipped when any of its updates was
+        out["skipped"] = float(xe.step_skipped(out["loss"], out["grad_norm"])) + d_skipped
         return {**out, **d_out, "lr": phases.current_lr(g_opt)}
 
     phases.run_phase(trainer, phase, step_fn, 2)
@@ -150,6 +162,7 @@ def _pretrain_d(trainer: Trainer, counter: tf.Variable, total: int, train_d) -> 
         iterator = trainer.epoch_iterator(epoch, offset, seed_offset=3000)
         for _ in range(min(spe - offset, total - step)):
             out = train_d(trainer.next_batch(iterator), step)
+            trainer.check_step("gan_pretrain_d", out.pop("d_skipped"))
             counter.assign_add(1)
             step += 1
             if step % trainer.run.log_every == 0 or step == total:

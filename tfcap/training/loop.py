@@ -7,7 +7,15 @@ later scst and gan) supplies its step function and its own optimizer.
 
 Resume is exact: the latest checkpoint holds every variable and the global
 step; the input of epoch `e` is shuffled with seed `seed + e` and resumes by
-skipping the batches already consumed in that epoch.
+skipping the batches already consumed in that epoch. Every worker restores
+from the chief's `MODEL_DIR/ckpt` (a shared directory) and the workers check
+that they restored the same step. When the newest checkpoint cannot be read,
+the one before it is used.
+
+Numerical faults: a step whose loss or gradient is NaN or Inf makes no update
+(`tfcap.training.xe.apply_if_finite`); `check_step` counts it (in the
+checkpoint, TensorBoard and the progress line) and stops the run with
+`NonFiniteError`, without saving, after `max_consecutive_nonfinite` in a row.
 """
 
 from __future__ import annotations
@@ -47,6 +55,13 @@ class RunConfig:
     val_batch_size: int = 50
     val_beam_size: int = 1
     skip_bad_records: bool = False
+    max_consecutive_nonfinite: int = 10
+    # Testing aid: global step number (1-based) -> loss multiplier (NaN or Inf).
+    inject_nonfinite: dict[int, float] = dataclasses.field(default_factory=dict)
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps in a row had a NaN or Inf loss or gradient."""
 
 
 class Trainer:
@@ -63,8 +78,15 @@ class Trainer:
                 name: tf.Variable(0, dtype=tf.int64, trainable=False, name=f"{name}_step")
                 for name in ("xe", "scst", "gan")
             }
+            self.skipped_steps = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="skipped_steps"
+            )
+        # Not in the checkpoint; the steps multiply their loss by it (fault injection).
+        self.loss_multiplier = tf.Variable(1.0, trainable=False, name="loss_multiplier")
+        self._nonfinite_streak = 0
         self.trackables: dict[str, Any] = {"model": model, "step": self.step}
         self.trackables.update({f"{k}_step": v for k, v in self._phase_steps.items()})
+        self.trackables["skipped_steps"] = self.skipped_steps
         self.best_score = -np.inf
         self.val_refs = inference.references(run.data_dir, "val")
         self._val_cider = None
@@ -100,17 +122,89 @@ class Trainer:
         if os.path.exists(best_json):
             with open(best_json, encoding="utf-8") as f:
                 self.best_score = json.load(f)["CIDEr"]
-        if self.latest.latest_checkpoint:
-            status = self.latest.checkpoint.restore(self.latest.latest_checkpoint)
-            status.expect_partial().assert_nontrivial_match()
-            logging.info(
-                "resumed from %s at step %d", self.latest.latest_checkpoint, self.step.numpy()
-            )
+        self._restore_latest(self.latest.checkpoint)
+        self._check_same_step()
         return int(self.step.numpy())
+
+    def _restore_latest(self, ckpt: tf.train.Checkpoint) -> None:
+        """Restores the chief's newest readable checkpoint (the one before a broken one)."""
+        ckpt_dir = os.path.join(self.run.model_dir, checkpoints.LATEST)
+        state = tf.train.get_checkpoint_state(ckpt_dir)
+        if state is None or not state.model_checkpoint_path:
+            return
+        paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+        if paths[-1] != state.model_checkpoint_path:
+            paths.append(state.model_checkpoint_path)
+        for path in reversed(paths):
+            try:
+                ckpt.restore(path).expect_partial().assert_nontrivial_match()
+            except Exception as e:  # a damaged checkpoint fails in many ways
+                logging.warning("cannot restore %s (%s: %s)", path, type(e).__name__, e)
+                continue
+            logging.info("resumed from %s at step %d", path, self.step.numpy())
+            return
+        raise RuntimeError(f"no checkpoint in {ckpt_dir} can be restored (listed: {paths})")
+
+    def _check_same_step(self) -> None:
+        """Raises unless every worker restored the same step (multi-worker runs)."""
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if resolver is None or not resolver.task_type:
+            return
+        strategy, local = self.strategy, tf.cast(self.step.numpy(), tf.float64)
+
+        @tf.function
+        def moments():
+            values = strategy.run(lambda: tf.stack([tf.ones([], tf.float64), local, local**2]))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)
+
+        n, total, squares = moments().numpy()
+        if n * squares != total * total:
+            raise RuntimeError(
+                f"the workers restored different steps (this worker {int(local)}, mean "
+                f"{total / n:g}): every worker must see the chief's "
+                f"{self.run.model_dir}/{checkpoints.LATEST} (a shared filesystem)"
+            )
 
     def save(self) -> None:
         path = self.latest.save(checkpoint_number=self.step)
         logging.info("saved %s", path)
+
+    # -- numerical faults ----------------------------------------------------
+    def inject_faults(self) -> None:
+        """Sets the loss multiplier for the next step (`RunConfig.inject_nonfinite`)."""
+        value = self.run.inject_nonfinite.get(int(self.step.numpy()) + 1, 1.0)
+        if value != 1.0 or float(self.loss_multiplier.numpy()) != 1.0:
+            self.loss_multiplier.assign(value)
+
+    def check_step(self, phase: str, skipped: float) -> None:
+        """Counts a step whose update was skipped (non-finite); raises `NonFiniteError`
+        after `max_consecutive_nonfinite` in a row. Call before advancing the step."""
+        if not skipped:
+            self._nonfinite_streak = 0
+            return
+        self._nonfinite_streak += 1
+        self.skipped_steps.assign_add(1)
+        step, streak = int(self.step.numpy()) + 1, self._nonfinite_streak
+        total = int(self.skipped_steps.numpy())
+        self.log_scalars("train", {f"{phase}/skipped_steps": total}, step)
+        logging.warning(
+            "%s global step %d: non-finite loss or gradient, update skipped "
+            "(%d in a row, %d in total)",
+            phase,
+            step,
+            streak,
+            total,
+        )
+        if streak >= self.run.max_consecutive_nonfinite:
+            last = tf.train.latest_checkpoint(os.path.join(self.run.model_dir, checkpoints.LATEST))
+            raise NonFiniteError(
+                f"{phase}: {streak} steps in a row (global steps {step - streak + 1}..{step}) "
+                "had a NaN or Inf loss or gradient; none was applied. Stopped without "
+                f"saving: the last good checkpoint is {last}. "
+                "Lower the learning rate, clip gradients (--grad_clip) or check the data, "
+                "then run the same command to resume from it "
+                f"(--max_consecutive_nonfinite={self.run.max_consecutive_nonfinite})."
+            )
 
     def finish(self) -> None:
         """Waits for every worker, then drops a non-chief worker's scratch directory."""
@@ -196,7 +290,8 @@ class Trainer:
         rate = (step - then_step) / max(now - then, 1e-9) if then_step is not None else 0.0
         images = rate * self.run.batch_size
         eta = (total - step) / rate if rate > 0 else float("nan")
-        scalars = {**scalars, "examples_per_s": images}
+        scalars = {**scalars, "skipped_steps": int(self.skipped_steps.numpy())}
+        scalars["examples_per_s"] = images
         self.log_scalars("train", {f"{phase}/{k}": v for k, v in scalars.items()})
         parts = " ".join(f"{k} {v:.4g}" for k, v in scalars.items() if k != "examples_per_s")
         logging.info(

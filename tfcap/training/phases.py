@@ -69,7 +69,9 @@ def current_lr(optimizer: keras.optimizers.Optimizer) -> float:
 def run_phase(trainer: Trainer, phase: PhaseConfig, step_fn, phase_index: int) -> None:
     """The loop of one phase: input per epoch, `step_fn`, logging, validation, checkpoints.
 
-    `step_fn(dist_batch, phase_step, epoch) -> dict of float scalars` does one update.
+    `step_fn(dist_batch, phase_step, epoch) -> dict of float scalars` does one update;
+    its `skipped` entry (> 0: an update was skipped as not finite) goes to
+    `Trainer.check_step`.
     """
     counter = trainer.phase_step(phase.name)
     total, spe, run = total_steps(trainer, phase), trainer.steps_per_epoch(), trainer.run
@@ -91,7 +93,9 @@ def run_phase(trainer: Trainer, phase: PhaseConfig, step_fn, phase_index: int) -
         epoch, offset = divmod(step, spe)
         iterator = trainer.epoch_iterator(epoch, offset, seed_offset=1000 * phase_index)
         for _ in range(min(spe - offset, total - step)):
+            trainer.inject_faults()
             scalars = step_fn(trainer.next_batch(iterator), step, epoch)
+            trainer.check_step(phase.name, scalars.pop("skipped"))
             counter.assign_add(1)
             trainer.step.assign_add(1)
             step += 1
@@ -109,13 +113,16 @@ def run_xe(trainer: Trainer, phase: PhaseConfig, config: xe.XEConfig, ss: Schedu
     model = trainer.model
     optimizer = make_optimizer(trainer, phase, model.trainable_variables)
     trainer.restore(xe_optimizer=optimizer)
-    train_step = xe.make_xe_step(trainer.strategy, model, optimizer, config)
+    train_step = xe.make_xe_step(
+        trainer.strategy, model, optimizer, config, loss_multiplier=trainer.loss_multiplier
+    )
 
     def step_fn(batch, step, epoch):
         prob = xe.scheduled_sampling_prob(epoch, ss.start, ss.every, ss.increase, ss.maximum)
         seed = tf.constant([trainer.run.seed, step], tf.int64)
         loss, norm = train_step(batch, tf.constant(prob, tf.float32), seed)
         return {
+            "skipped": float(xe.step_skipped(loss, norm)),
             "loss": float(loss),
             "lr": current_lr(optimizer),
             "grad_norm": float(norm),
@@ -140,12 +147,15 @@ def run_scst(trainer: Trainer, phase: PhaseConfig, config: scst.SCSTConfig, rewa
     optimizer = make_optimizer(trainer, phase, model.trainable_variables)
     trainer.restore(scst_optimizer=optimizer)
     reward_fn = scst.evaluator_reward(evaluator(trainer, reward))
-    policy_step = scst.make_policy_step(trainer.strategy, model, optimizer, reward_fn, config)
+    policy_step = scst.make_policy_step(
+        trainer.strategy, model, optimizer, reward_fn, config, trainer.loss_multiplier
+    )
 
     def step_fn(batch, step, epoch):
         seed = tf.constant([trainer.run.seed + 1, step], tf.int64)
         out = {k: float(v) for k, v in policy_step(batch, seed).items()}
-        return {**out, "lr": current_lr(optimizer)}
+        skipped = float(xe.step_skipped(out["loss"], out["grad_norm"]))
+        return {**out, "skipped": skipped, "lr": current_lr(optimizer)}
 
     run_phase(trainer, phase, step_fn, 1)
 

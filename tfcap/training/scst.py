@@ -28,7 +28,7 @@ import tensorflow as tf
 from tfcap.data import vocab
 from tfcap.model.captioner import Captioner
 from tfcap.rewards import bleu, cider
-from tfcap.training.xe import apply_replica_gradients
+from tfcap.training.xe import apply_if_finite, reduce_gradients
 
 RewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 BASELINES = ("greedy", "mean")
@@ -44,11 +44,21 @@ class SCSTConfig:
 
 
 def cider_reward(scorer: cider.CiderD) -> RewardFn:
-    """CIDEr-D of each sample against its image's references (scorer's df)."""
+    """CIDEr-D of each sample against its image's references (scorer's df).
+
+    The references of the last call are kept encoded: a step's sample and
+    greedy rewards share them.
+    """
+    last: dict[bytes, cider.References] = {}
 
     def reward(ids, index, refs):
-        encoded = scorer.encode_references(np.asarray(refs))
-        return scorer.score_ids(np.asarray(ids), np.asarray(index), encoded)[1].astype(np.float32)
+        refs = np.ascontiguousarray(refs)
+        key = refs.tobytes() + repr((refs.shape, refs.dtype.str)).encode()
+        if key not in last:
+            last.clear()
+            last[key] = scorer.encode_references(refs)
+        scores = scorer.score_ids(np.asarray(ids), np.asarray(index), last[key])[1]
+        return scores.astype(np.float32)
 
     return reward
 
@@ -125,11 +135,15 @@ def make_policy_step(
     optimizer: keras.optimizers.Optimizer,
     reward: RewardGraphFn,
     config: SCSTConfig,
+    loss_multiplier: tf.Variable | None = None,
 ):
     """A tf.function `(distributed batch, seed [2]) -> dict of scalars`.
 
     `reward(batch, ids, per_image)` gives float32 `[rows]` for `ids` `[rows, max_len]`
-    holding `per_image` captions of each image of `batch` (image-major).
+    holding `per_image` captions of each image of `batch` (image-major). A step
+    whose `loss` or `grad_norm` is not finite made no update
+    (`tfcap.training.xe.step_skipped`). `loss_multiplier`: a testing aid as in
+    `tfcap.training.xe.make_xe_step`.
     """
     k = config.num_samples
 
@@ -156,24 +170,30 @@ def make_policy_step(
             loss, entropy = policy_loss(
                 model, feats, mask, ids, advantages, tf.maximum(tokens, 1.0)
             )
-        grads = tape.gradient(loss, variables)
-        norm = apply_replica_gradients(
-            optimizer, grads, variables, config.grad_clip, config.grad_clip_mode
-        )
+            if loss_multiplier is not None:
+                loss = loss * loss_multiplier
+        grads, norm, finite = reduce_gradients(tape.gradient(loss, variables), loss)
         rows = tf.cast(tf.shape(ids)[0], tf.float32)
-        return {
-            "loss": loss,
-            "reward": tf.reduce_mean(rewards),
-            "baseline": tf.reduce_mean(baseline),
-            "advantage": tf.reduce_mean(advantages),
-            "entropy": entropy,
-            "length": local_tokens / rows,
-            "grad_norm": norm,
-        }
+        return (
+            grads,
+            finite,
+            {
+                "loss": loss,
+                "reward": tf.reduce_mean(rewards),
+                "baseline": tf.reduce_mean(baseline),
+                "advantage": tf.reduce_mean(advantages),
+                "entropy": entropy,
+                "length": local_tokens / rows,
+                "grad_norm": norm,
+            },
+        )
 
     @tf.function
     def step(dist_batch, seed):
-        out = strategy.run(replica_step, args=(dist_batch, seed))
+        grads, finite, out = strategy.run(replica_step, args=(dist_batch, seed))
+        variables = model.trainable_variables
+        clip, mode = config.grad_clip, config.grad_clip_mode
+        apply_if_finite(strategy, optimizer, variables, grads, finite, clip, mode)
         summed = {"loss"}
         return {
             key: strategy.reduce(

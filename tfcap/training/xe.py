@@ -100,7 +100,8 @@ def apply_if_finite(
 
 
 def step_skipped(loss, grad_norm) -> bool:
-    """Whether an xe step returning `(loss, grad_norm)` skipped its update (not finite)."""
+    """Whether a step (xe, scst, discriminator) that returned this global `loss` and
+    `grad_norm` skipped its update: `apply_if_finite` applies only finite ones."""
     return not (np.isfinite(float(loss)) and np.isfinite(float(grad_norm)))
 
 
