@@ -250,7 +250,7 @@ def run(
     }
     res = out["results"]
     pick = lambda all_, few: all_ if variants else few  # noqa: E731
-    defaults = (mb.DEFAULT, mb.XE_VARIANTS[4])
+    defaults = (mb.DEFAULT, mb.XE_VARIANTS[4])  # float32 and bfloat16 defaults
     models = mb.isolated if isolate else mb.in_process
     for name in [n for n in BENCHMARKS if n in only]:
         logging.info("benchmark %s", name)
@@ -264,11 +264,11 @@ def run(
                 rows = models("xe", preset, batch_size, repeats, variants_)
                 res["xe"] = {"flops_per_step": xe_flops(preset, batch_size), "variants": rows}
             elif name == "scst":
-                variants_ = pick(mb.SCST_VARIANTS, defaults)
+                variants_ = pick(mb.SCST_VARIANTS, mb.SCST_VARIANTS[2:])
                 rows = models("scst", preset, batch_size, repeats, variants_)
                 res["scst"] = {"variants": rows}
             elif name == "decode":
-                variants_ = pick(mb.DECODE_VARIANTS, defaults)
+                variants_ = pick(mb.DECODE_VARIANTS, mb.DECODE_VARIANTS[:2])
                 rows = models("decode", preset, batch_size, repeats, variants_)
                 res["decode"] = {"variants": rows}
             elif name == "input":

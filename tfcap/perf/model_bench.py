@@ -13,6 +13,10 @@ switches can be compared in one run:
 - `+ mixed precision (bfloat16)`: the default with the `mixed_bfloat16` policy
   (float32 variables, bfloat16 products).
 - `XLA (jit_compile)`: the default path compiled by XLA.
+
+SCST adds one switch: `before` scores the samples again by teacher forcing
+(a second forward pass); the default differentiates the sampler's own
+log-probabilities (`tfcap.training.scst`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Variant:
     logits_after_loop: bool = True
     sampling_ops: bool = False  # run the scheduled-sampling loop (at a negligible rate)
     jit_compile: bool = False
+    rescore: bool = False  # SCST: score the samples again by teacher forcing
 
 
 BEFORE = Variant("before", hoist_mean_gates=False, logits_after_loop=False, sampling_ops=True)
@@ -47,8 +52,9 @@ XE_VARIANTS = (
     Variant("XLA (jit_compile), float32", jit_compile=True),
 )
 SCST_VARIANTS = (
-    Variant("before", hoist_mean_gates=False, logits_after_loop=False),
-    Variant("float32 default"),
+    Variant("before", hoist_mean_gates=False, logits_after_loop=False, rescore=True),
+    Variant("+ mean gate term once, vocabulary projection after the loop", rescore=True),
+    Variant("+ gradient through the sampling loop (float32 default)"),
     Variant("+ mixed precision (bfloat16)", dtype="mixed_bfloat16"),
 )
 DECODE_VARIANTS = (
@@ -168,7 +174,11 @@ def bench_scst(preset: str, batch_size: int, repeats: int, variants=SCST_VARIANT
     for variant in variants:
         model, optimizer = _model(preset, variant, sizes["vocab_size"], sizes["feature_dim"])
         step = scst.make_policy_step(
-            tf.distribute.get_strategy(), model, optimizer, reward, scst.SCSTConfig()
+            tf.distribute.get_strategy(),
+            model,
+            optimizer,
+            reward,
+            scst.SCSTConfig(rescore=variant.rescore),
         )
         timed = _timed(lambda step=step: step(batch, seed)["loss"].numpy(), repeats)
         rows.append({"variant": variant.name, **timed})

@@ -14,10 +14,17 @@ Reward functions run on the host (`tf.numpy_function`) and take token ids:
               reference_ids int32 [batch, seq_per_img, length]) -> float32 [rows]
 
 `reference_ids` are the batch's `captions` without the leading `<bos>`.
+
+Gradients. At temperature 1 the token log-probabilities the sampler computed
+are the policy's, so the step differentiates them through the sampling loop
+(one forward pass). At other temperatures, or with `rescore=True`, it scores
+the samples again by teacher forcing at temperature 1 (a second forward pass)
+and differentiates that. Both give the same gradient up to float rounding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -36,11 +43,23 @@ BASELINES = ("greedy", "mean")
 
 @dataclasses.dataclass(frozen=True)
 class SCSTConfig:
+    """Knobs of the SCST step.
+
+    Attributes:
+        num_samples: captions sampled per image.
+        baseline: "greedy" or "mean" (module docstring).
+        temperature: sampling temperature (the gradient is of the temperature-1 policy).
+        grad_clip, grad_clip_mode: as in `tfcap.training.xe.XEConfig`.
+        rescore: score the samples by a second, teacher-forced pass even at
+            temperature 1 (module docstring); slower, for checking.
+    """
+
     num_samples: int = 5
     baseline: str = "greedy"
     temperature: float = 1.0
     grad_clip: float = 0.1
     grad_clip_mode: str = "value"
+    rescore: bool = False
 
 
 def cider_reward(scorer: cider.CiderD) -> RewardFn:
@@ -98,6 +117,21 @@ def baseline_of(
     raise ValueError(f"baseline must be one of {BASELINES}, got {kind!r}")
 
 
+def sampled_policy_loss(samples, advantages, tokens):
+    """`policy_loss` from the sampler's own token log-probabilities (temperature 1).
+
+    The entropy is estimated by the mean of -log p(token) over the sampled
+    tokens (its expectation is the policy's mean entropy per step).
+    """
+    weights = tf.cast(generated_mask(samples.ids), tf.float32)
+    token_lp = samples.token_log_probs  # [rows, max_len], differentiable
+    loss = -tf.reduce_sum(tf.stop_gradient(advantages)[:, None] * token_lp * weights) / tokens
+    entropy = -tf.reduce_sum(tf.stop_gradient(token_lp) * weights) / tf.maximum(
+        tf.reduce_sum(weights), 1.0
+    )
+    return loss, entropy
+
+
 def policy_loss(model: Captioner, features, region_mask, ids, advantages, tokens):
     """-sum(advantage * log p(token)) / tokens, and the policy's mean entropy.
 
@@ -146,30 +180,39 @@ def make_policy_step(
     `tfcap.training.xe.make_xe_step`.
     """
     k = config.num_samples
+    rescore = config.rescore or config.temperature != 1.0
 
     def replica_step(batch, seed):
         ctx = tf.distribute.get_replica_context()
         feats, mask = batch["features"], batch["region_mask"]
         seed = tf.random.experimental.stateless_fold_in(seed, ctx.replica_id_in_sync_group)
-        samples = model.generate(
-            feats, mask, method="sample", num_samples=k, temperature=config.temperature, seed=seed
-        )
-        ids = tf.stop_gradient(samples.ids)
-        rewards = reward(batch, ids, k)
-        greedy_rewards = None
+        greedy_ids = None
         if config.baseline == "greedy":
             greedy_ids = model.generate(feats, mask, method="greedy")[0]
-            greedy_rewards = reward(batch, greedy_ids, 1)
-        baseline = baseline_of(rewards, k, config.baseline, greedy_rewards)
-        advantages = rewards - baseline
-        gen_mask = generated_mask(ids)
-        local_tokens = tf.reduce_sum(tf.cast(gen_mask, tf.float32))
-        tokens = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_tokens)
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
-            loss, entropy = policy_loss(
-                model, feats, mask, ids, advantages, tf.maximum(tokens, 1.0)
-            )
+            # Recorded only when its log-probabilities are the ones differentiated.
+            with tape.stop_recording() if rescore else contextlib.nullcontext():
+                samples = model.generate(
+                    feats,
+                    mask,
+                    method="sample",
+                    num_samples=k,
+                    temperature=config.temperature,
+                    seed=seed,
+                )
+            ids = tf.stop_gradient(samples.ids)
+            rewards = reward(batch, ids, k)
+            greedy_rewards = None if greedy_ids is None else reward(batch, greedy_ids, 1)
+            baseline = baseline_of(rewards, k, config.baseline, greedy_rewards)
+            advantages = rewards - baseline
+            gen_mask = generated_mask(ids)
+            local_tokens = tf.reduce_sum(tf.cast(gen_mask, tf.float32))
+            tokens = tf.maximum(ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_tokens), 1.0)
+            if rescore:
+                loss, entropy = policy_loss(model, feats, mask, ids, advantages, tokens)
+            else:
+                loss, entropy = sampled_policy_loss(samples, advantages, tokens)
             if loss_multiplier is not None:
                 loss = loss * loss_multiplier
         grads, norm, finite = reduce_gradients(tape.gradient(loss, variables), loss)
