@@ -41,7 +41,9 @@ from tfcap.perf.timing import PeakRSS, matmul_peak, median_time
 
 BENCHMARKS = ("peak", "cider", "xe", "scst", "decode", "input")
 _ONLY = flags.DEFINE_list("only", list(BENCHMARKS), f"Benchmarks to run, of {BENCHMARKS}.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results JSON here.")
+_JSON_OUT = flags.DEFINE_string(
+    "json_out", None, "Write the results JSON here (else print it after the tables)."
+)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions per figure.", lower_bound=1)
 _VARIANTS = flags.DEFINE_bool(
     "variants", True, "Time every speed variant (else only the float32 and bfloat16 defaults)."
