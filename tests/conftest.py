@@ -1,7 +1,10 @@
 """Shared fixtures: paths to the real data, and small prepared datasets."""
 
+import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -74,14 +77,18 @@ def run_prepare(output_dir, **flag_values) -> dict:
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> pathlib.Path:
     """A tiny shapes dataset: 40/10/10 scenes, 16-d float32 features, 2 train shards."""
-    out = tmp_path_factory.mktemp("data") / "shapes"
+    return prepare_shapes(tmp_path_factory.mktemp("data") / "shapes", "train=40,val=10,test=10")
+
+
+def prepare_shapes(out, sizes: str, num_shards: int = 2) -> pathlib.Path:
+    """A small shapes dataset at `out`: `sizes` like "train=8,val=4,test=2", 16-d float32."""
     run_prepare(
         out,
         source="shapes",
-        shapes_sizes="train=40,val=10,test=10",
+        shapes_sizes=sizes,
         shapes_feature_dim=16,
         features_dtype="float32",
-        num_shards=2,
+        num_shards=num_shards,
         vocab_min_count=1,
     )
     return out
@@ -109,3 +116,17 @@ def run_train(data_dir, model_dir, **overrides):
             train.main(["train"])
     finally:
         os.chdir(cwd)
+
+
+def run_script_json(script: str, *args) -> dict:
+    """Runs `python -c script args...` from the repository root (a fresh TensorFlow,
+    e.g. to split the CPU into devices) and returns its last stdout line as JSON."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -251,8 +251,6 @@ def run(
         "results": {},
     }
     res = out["results"]
-    pick = lambda all_, few: all_ if variants else few  # noqa: E731
-    defaults = (mb.DEFAULT, mb.XE_VARIANTS[4])  # float32 and bfloat16 defaults
     models = mb.isolated if isolate else mb.in_process
     for name in [n for n in BENCHMARKS if n in only]:
         logging.info("benchmark %s", name)
@@ -261,18 +259,11 @@ def run(
                 res["peak"] = bench_peak(repeats)
             elif name == "cider":
                 res["cider"] = bench_cider(repeats)
-            elif name == "xe":
-                variants_ = pick(mb.XE_VARIANTS, defaults)
-                rows = models("xe", preset, batch_size, repeats, variants_)
-                res["xe"] = {"flops_per_step": xe_flops(preset, batch_size), "variants": rows}
-            elif name == "scst":
-                variants_ = pick(mb.SCST_VARIANTS, mb.SCST_VARIANTS[2:])
-                rows = models("scst", preset, batch_size, repeats, variants_)
-                res["scst"] = {"variants": rows}
-            elif name == "decode":
-                variants_ = pick(mb.DECODE_VARIANTS, mb.DECODE_VARIANTS[:2])
-                rows = models("decode", preset, batch_size, repeats, variants_)
-                res["decode"] = {"variants": rows}
+            elif name in mb.BENCHES:
+                chosen = (mb.VARIANTS if variants else mb.DEFAULTS)[name]
+                res[name] = {"variants": models(name, preset, batch_size, repeats, chosen)}
+                if name == "xe":
+                    res["xe"]["flops_per_step"] = xe_flops(preset, batch_size)
             elif name == "input":
                 with tempfile.TemporaryDirectory() as tmp:
                     source = data_dir or _bench_dataset_dir(tmp)
@@ -290,24 +281,19 @@ def _best(rows: list[dict], key: str = "seconds") -> dict:
 def _derive(out: dict) -> None:
     """Ratios between figures of this run (and against the reference)."""
     res, ref = out["results"], out["reference"]
-    if "xe" in res:
-        rows = res["xe"]["variants"]
+    for name in ("xe", "scst"):
+        rows = res.get(name, {}).get("variants", [])
         for row in rows:
             row["speedup_vs_first"] = rows[0]["seconds"] / row["seconds"]
             if out["preset"] == "updown":
-                row["speedup_vs_reference"] = ref["xe_step_s"] / row["seconds"]
-            gflops = res["xe"]["flops_per_step"] / row["seconds"] / 1e9
-            row["achieved_gflops"] = gflops
-            if "peak" in res:
-                bf16 = "bfloat16" in row["variant"]
-                peak = res["peak"]["bfloat16_gflops" if bf16 else "float32_gflops"]
-                row["fraction_of_peak"] = gflops / peak
-    if "scst" in res:
-        rows = res["scst"]["variants"]
-        for row in rows:
-            row["speedup_vs_first"] = rows[0]["seconds"] / row["seconds"]
-            if out["preset"] == "updown":
-                row["speedup_vs_reference"] = ref["scst_step_s"] / row["seconds"]
+                row["speedup_vs_reference"] = ref[f"{name}_step_s"] / row["seconds"]
+    for row in res.get("xe", {}).get("variants", []):
+        row["achieved_gflops"] = res["xe"]["flops_per_step"] / row["seconds"] / 1e9
+        if "peak" in res:
+            peak = res["peak"][
+                "bfloat16_gflops" if "bfloat16" in row["dtype"] else "float32_gflops"
+            ]
+            row["fraction_of_peak"] = row["achieved_gflops"] / peak
     if "decode" in res and out["preset"] == "updown":
         for row in res["decode"]["variants"]:
             row["greedy_speedup_vs_reference"] = ref["greedy_ms"] / row["greedy_ms_per_image"]

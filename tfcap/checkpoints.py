@@ -88,9 +88,18 @@ def checkpoint_path(model_dir: str, which: str = "best") -> str:
 def load_model(model_dir: str, which: str = "best") -> tuple[Captioner, vocab.Vocab, dict]:
     """The trained model, its vocabulary and model.json."""
     info = read_model_json(model_dir)
+    model = _restored(info, checkpoint_path(model_dir, which))
+    return model, vocab.Vocab.load(os.path.join(model_dir, VOCAB_FILE)), info
+
+
+def model_at(path: str) -> Captioner:
+    """The model of one checkpoint `path` (`MODEL_DIR/SUB/ckpt-N`), e.g. an older one."""
+    return _restored(read_model_json(os.path.dirname(os.path.dirname(path))), path)
+
+
+def _restored(info: dict[str, Any], path: str) -> Captioner:
     model = build_model(info["captioner"], info["data"]["feature_dim"])
-    path = checkpoint_path(model_dir, which)
     tf.train.Checkpoint(model=model).restore(
         path
     ).expect_partial().assert_existing_objects_matched()
-    return model, vocab.Vocab.load(os.path.join(model_dir, VOCAB_FILE)), info
+    return model

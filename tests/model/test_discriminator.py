@@ -1,15 +1,12 @@
 """Tests for the discriminator (tfcap.model.discriminator) and its training step."""
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, run_prepare
+from conftest import prepare_shapes, run_script_json
 
 from tfcap.data import pipeline
 from tfcap.model.discriminator import Discriminator, normalize_ids
@@ -212,16 +209,7 @@ def shapes_400(tmp_path_factory):
     """400 training scenes: 40 (the shared fixture) are too few for D to ground words."""
     out = tmp_path_factory.mktemp("data") / "shapes400"
     sizes = "train=400,val=40,test=1"
-    run_prepare(
-        out,
-        source="shapes",
-        shapes_sizes=sizes,
-        shapes_feature_dim=16,
-        features_dtype="float32",
-        num_shards=1,
-        vocab_min_count=1,
-    )
-    return out
+    return prepare_shapes(out, sizes, num_shards=1)
 
 
 def test_d_learns_real_versus_wrong_on_held_out_images(shapes_400):
@@ -295,15 +283,7 @@ MIRRORED = textwrap.dedent(
 
 
 def test_mirrored_two_replicas_equal_one_device(shapes_dir):
-    out = subprocess.run(
-        [sys.executable, "-c", MIRRORED, str(shapes_dir)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_script_json(MIRRORED, shapes_dir)
     assert result["replicas"] == 2
     for key, value in result["one"].items():
         assert abs(value - result["two"][key]) < 1e-4, (key, result)

@@ -7,7 +7,6 @@ All runs use one command (`configs/smoke.flags` + BUDGET); the uninterrupted
 reference is trained in-process, the interrupted runs in subprocesses.
 """
 
-import os
 import random
 import re
 import signal
@@ -39,13 +38,7 @@ def _argv(data_dir, model_dir):
 
 def _weights(path):
     """The model weights of checkpoint `path` (MODEL_DIR/ckpt/ckpt-N)."""
-    model_dir = os.path.dirname(os.path.dirname(path))
-    info = checkpoints.read_model_json(model_dir)
-    model = checkpoints.build_model(info["captioner"], info["data"]["feature_dim"])
-    tf.train.Checkpoint(model=model).restore(
-        path
-    ).expect_partial().assert_existing_objects_matched()
-    return [v.numpy() for v in model.weights]
+    return [v.numpy() for v in checkpoints.model_at(path).weights]
 
 
 def _assert_same(a, b):

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, run_prepare, run_train
+from conftest import REPO, prepare_shapes, run_train
 
 from tfcap import checkpoints
 
@@ -40,17 +40,7 @@ DETECTION_LIMIT_S = 60  # a peer's death is seen in about 10 s (coordination hea
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "shapes"
-    run_prepare(
-        out,
-        source="shapes",
-        shapes_sizes="train=8,val=4,test=2",
-        shapes_feature_dim=16,
-        features_dtype="float32",
-        num_shards=2,
-        vocab_min_count=1,
-    )
-    return out
+    return prepare_shapes(tmp_path_factory.mktemp("tiny") / "shapes", "train=8,val=4,test=2")
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +99,7 @@ def _wait_all(procs, logs, timeout=300):
 
 
 def _weights(path):
-    model_dir = os.path.dirname(os.path.dirname(path))
-    info = checkpoints.read_model_json(model_dir)
-    model = checkpoints.build_model(info["captioner"], info["data"]["feature_dim"])
-    tf.train.Checkpoint(model=model).restore(
-        path
-    ).expect_partial().assert_existing_objects_matched()
-    return [v.numpy() for v in model.weights]
+    return [v.numpy() for v in checkpoints.model_at(path).weights]
 
 
 def _max_diff(a, b):

@@ -6,17 +6,14 @@ steps is multiplied by NaN or Inf inside the step, before the gradient), so the
 real guard in `tfcap.training.xe.apply_if_finite` sees them.
 """
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, run_train
+from conftest import run_script_json, run_train
 
 from tfcap import checkpoints
 from tfcap.training import gan, xe
@@ -98,15 +95,7 @@ MIRRORED = textwrap.dedent(
 
 
 def test_replicas_skip_together_when_one_replica_is_nonfinite(shapes_dir):
-    out = subprocess.run(
-        [sys.executable, "-c", MIRRORED, str(shapes_dir)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_script_json(MIRRORED, shapes_dir)
     assert result["replicas"] == 2
     assert result["skipped"] and not np.isfinite(result["loss"])
     assert result["changed"] == 0 and result["iterations"] == 0
@@ -114,15 +103,9 @@ def test_replicas_skip_together_when_one_replica_is_nonfinite(shapes_dir):
 
 def _state(path):
     """Model weights, xe optimizer iterations and the skip counter of checkpoint `path`."""
-    model_dir = os.path.dirname(os.path.dirname(path))
-    info = checkpoints.read_model_json(model_dir)
-    model = checkpoints.build_model(info["captioner"], info["data"]["feature_dim"])
-    tf.train.Checkpoint(model=model).restore(
-        path
-    ).expect_partial().assert_existing_objects_matched()
     reader = tf.train.load_checkpoint(path)
     return (
-        [v.numpy() for v in model.weights],
+        [v.numpy() for v in checkpoints.model_at(path).weights],
         int(reader.get_tensor("xe_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")),
         int(reader.get_tensor("skipped_steps/.ATTRIBUTES/VARIABLE_VALUE")),
     )

@@ -1,15 +1,13 @@
 """XE training: the step, the loss falling, distributed equality, checkpoints and resume."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, run_train
+from conftest import run_script_json, run_train
 
 from tfcap import checkpoints, losses
 from tfcap.data import pipeline
@@ -103,15 +101,7 @@ MIRRORED = textwrap.dedent(
 
 
 def test_mirrored_two_replicas_equal_one_device(shapes_dir):
-    out = subprocess.run(
-        [sys.executable, "-c", MIRRORED, str(shapes_dir)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_script_json(MIRRORED, shapes_dir)
     assert result["replicas"] == 2
     assert abs(result["loss"][0] - result["loss"][1]) < 1e-5
     assert abs(result["norm"][0] - result["norm"][1]) < 1e-4

@@ -22,7 +22,6 @@ log-probabilities (`tfcap.training.scst`).
 from __future__ import annotations
 
 import dataclasses
-import gc
 
 from tfcap.perf.timing import PeakRSS, median_time
 
@@ -96,20 +95,91 @@ def _model(preset: str, variant: Variant, vocab_size: int, dim: int):
     return model, optimizer
 
 
-def _timed(fn, repeats: int) -> dict:
+def _timed(variant: Variant, fn, repeats: int) -> dict:
+    """A result row: `variant`'s name and dtype, median seconds of `fn()`, peak RSS."""
     with PeakRSS() as memory:
         seconds = median_time(fn, repeats, warmup=2)
-    return {"seconds": seconds, "peak_rss_mb": round(memory.peak_mb)}
+    return {
+        "variant": variant.name,
+        "dtype": variant.dtype,
+        "seconds": seconds,
+        "peak_rss_mb": round(memory.peak_mb),
+    }
 
 
-def _one(kind: str, preset: str, batch_size: int, repeats: int, variant: Variant) -> dict:
-    bench = {"xe": bench_xe, "scst": bench_scst, "decode": bench_decode}[kind]
-    return bench(preset, batch_size, repeats, (variant,))[0]
+def bench_xe(preset: str, batch_size: int, repeats: int, variant: Variant) -> dict:
+    """Seconds per XE step (forward, backward, Adam)."""
+    import tensorflow as tf
+
+    from tfcap.training import xe
+
+    batch, sizes = random_batch(preset, batch_size)
+    model, optimizer = _model(preset, variant, sizes["vocab_size"], sizes["feature_dim"])
+    strategy = tf.distribute.get_strategy()
+    step = xe.make_xe_step(
+        strategy, model, optimizer, xe.XEConfig(), jit_compile=variant.jit_compile
+    )
+    prob, seed = (1e-9 if variant.sampling_ops else 0.0), tf.constant([0, 0], tf.int64)
+    return _timed(variant, lambda: step(batch, prob, seed)[0].numpy(), repeats)
+
+
+def bench_scst(preset: str, batch_size: int, repeats: int, variant: Variant) -> dict:
+    """Seconds per SCST step (5 samples/image, greedy baseline, CIDEr-D, update)."""
+    import tensorflow as tf
+
+    from tfcap.rewards import cider
+    from tfcap.training import scst
+
+    batch, sizes = random_batch(preset, batch_size)
+    refs = batch["captions"][:, :, 1:].numpy()
+    words = [str(i) for i in range(sizes["vocab_size"])]
+    scorer = cider.CiderD(
+        [[" ".join(map(str, r)) for r in image] for image in refs], vocabulary=words, eos_id=2
+    )
+    reward = scst.evaluator_reward(scst.cider_reward(scorer))
+    model, optimizer = _model(preset, variant, sizes["vocab_size"], sizes["feature_dim"])
+    config = scst.SCSTConfig(rescore=variant.rescore)
+    step = scst.make_policy_step(tf.distribute.get_strategy(), model, optimizer, reward, config)
+    seed = tf.constant([0, 0], tf.int64)
+    return _timed(variant, lambda: step(batch, seed)["loss"].numpy(), repeats)
+
+
+def bench_decode(preset: str, batch_size: int, repeats: int, variant: Variant) -> dict:
+    """Milliseconds per image of greedy, beam-3 and beam-5 decoding (batch `batch_size`)."""
+    import tensorflow as tf
+
+    batch, sizes = random_batch(preset, batch_size)
+    features, mask = batch["features"], batch["region_mask"]
+    model, _ = _model(preset, variant, sizes["vocab_size"], sizes["feature_dim"])
+    row = {"variant": variant.name, "dtype": variant.dtype, "peak_rss_mb": 0}
+    for name, kwargs in (
+        ("greedy", dict(method="greedy")),
+        ("beam3", dict(method="beam", beam_size=3)),
+        ("beam5", dict(method="beam", beam_size=5)),
+    ):
+        run = tf.function(
+            lambda f, m, kwargs=kwargs: model.generate(f, m, **kwargs)[0],
+            jit_compile=variant.jit_compile,
+        )
+        timed = _timed(variant, lambda run=run: run(features, mask).numpy(), repeats)
+        row[f"{name}_ms_per_image"] = 1000 * timed["seconds"] / batch_size
+        row["peak_rss_mb"] = max(row["peak_rss_mb"], timed["peak_rss_mb"])
+    return row
+
+
+BENCHES = {"xe": bench_xe, "scst": bench_scst, "decode": bench_decode}
+VARIANTS = {"xe": XE_VARIANTS, "scst": SCST_VARIANTS, "decode": DECODE_VARIANTS}
+# With --novariants: the float32 and bfloat16 defaults only.
+DEFAULTS = {
+    "xe": (DEFAULT, XE_VARIANTS[4]),
+    "scst": SCST_VARIANTS[2:],
+    "decode": DECODE_VARIANTS[:2],
+}
 
 
 def in_process(kind: str, preset: str, batch_size: int, repeats: int, variants) -> list[dict]:
-    """`bench_<kind>` with all variants in this process (faster to start; for tests)."""
-    return [_one(kind, preset, batch_size, repeats, variant) for variant in variants]
+    """`bench_<kind>` of each variant in this process (faster to start; for tests)."""
+    return [BENCHES[kind](preset, batch_size, repeats, variant) for variant in variants]
 
 
 def isolated(kind: str, preset: str, batch_size: int, repeats: int, variants) -> list[dict]:
@@ -125,93 +195,6 @@ def isolated(kind: str, preset: str, batch_size: int, repeats: int, variants) ->
     rows = []
     for variant in variants:
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-            rows.append(pool.submit(_one, kind, preset, batch_size, repeats, variant).result())
-    return rows
-
-
-def bench_xe(preset: str, batch_size: int, repeats: int, variants=XE_VARIANTS) -> list[dict]:
-    """Seconds per XE step (forward, backward, Adam) for each variant."""
-    import tensorflow as tf
-
-    from tfcap.training import xe
-
-    batch, sizes = random_batch(preset, batch_size)
-    seed = tf.constant([0, 0], tf.int64)
-    rows = []
-    for variant in variants:
-        model, optimizer = _model(preset, variant, sizes["vocab_size"], sizes["feature_dim"])
-        step = xe.make_xe_step(
-            tf.distribute.get_strategy(),
-            model,
-            optimizer,
-            xe.XEConfig(),
-            jit_compile=variant.jit_compile,
-        )
-        prob = 1e-9 if variant.sampling_ops else 0.0
-        timed = _timed(lambda step=step, prob=prob: step(batch, prob, seed)[0].numpy(), repeats)
-        rows.append({"variant": variant.name, **timed})
-        del model, optimizer, step
-        gc.collect()
-    return rows
-
-
-def bench_scst(preset: str, batch_size: int, repeats: int, variants=SCST_VARIANTS) -> list[dict]:
-    """Seconds per SCST step (5 samples/image, greedy baseline, CIDEr-D, update)."""
-    import tensorflow as tf
-
-    from tfcap.rewards import cider
-    from tfcap.training import scst
-
-    batch, sizes = random_batch(preset, batch_size)
-    refs = batch["captions"][:, :, 1:].numpy()
-    words = [str(i) for i in range(sizes["vocab_size"])]
-    scorer = cider.CiderD(
-        [[" ".join(map(str, r)) for r in image] for image in refs], vocabulary=words, eos_id=2
-    )
-    reward = scst.evaluator_reward(scst.cider_reward(scorer))
-    seed = tf.constant([0, 0], tf.int64)
-    rows = []
-    for variant in variants:
-        model, optimizer = _model(preset, variant, sizes["vocab_size"], sizes["feature_dim"])
-        step = scst.make_policy_step(
-            tf.distribute.get_strategy(),
-            model,
-            optimizer,
-            reward,
-            scst.SCSTConfig(rescore=variant.rescore),
-        )
-        timed = _timed(lambda step=step: step(batch, seed)["loss"].numpy(), repeats)
-        rows.append({"variant": variant.name, **timed})
-        del model, optimizer, step
-        gc.collect()
-    return rows
-
-
-def bench_decode(
-    preset: str, batch_size: int, repeats: int, variants=DECODE_VARIANTS
-) -> list[dict]:
-    """Milliseconds per image of greedy, beam-3 and beam-5 decoding (batch `batch_size`)."""
-    import tensorflow as tf
-
-    batch, sizes = random_batch(preset, batch_size)
-    features, mask = batch["features"], batch["region_mask"]
-    rows = []
-    for variant in variants:
-        model, _ = _model(preset, variant, sizes["vocab_size"], sizes["feature_dim"])
-        row = {"variant": variant.name}
-        for name, kwargs in (
-            ("greedy", dict(method="greedy")),
-            ("beam3", dict(method="beam", beam_size=3)),
-            ("beam5", dict(method="beam", beam_size=5)),
-        ):
-            run = tf.function(
-                lambda f, m, kwargs=kwargs, model=model: model.generate(f, m, **kwargs)[0],
-                jit_compile=variant.jit_compile,
-            )
-            timed = _timed(lambda run=run: run(features, mask).numpy(), repeats)
-            row[f"{name}_ms_per_image"] = 1000 * timed["seconds"] / batch_size
-            row["peak_rss_mb"] = max(row.get("peak_rss_mb", 0), timed["peak_rss_mb"])
-        rows.append(row)
-        del model
-        gc.collect()
+            bench = BENCHES[kind]
+            rows.append(pool.submit(bench, preset, batch_size, repeats, variant).result())
     return rows

@@ -103,7 +103,6 @@ class CiderD:
             raise ValueError(f"n must be >= 1, got {n}")
         self.n, self.sigma, self.eos_id = n, float(sigma), eos_id
         self._coder = WordCoder(n)
-        self._df_index: HashIndex | None = None  # built on first use
         self._has_vocabulary = vocabulary is not None
         self._id_map = self._coder.ids([] if vocabulary is None else vocabulary)
         if refs is not None:
@@ -154,6 +153,7 @@ class CiderD:
         self._df_values = np.array(list(document_frequency.values()), np.float64)[order]
         if np.any(self._df_codes[1:] == self._df_codes[:-1]):
             raise ValueError("document_frequency names the same n-gram twice")
+        self._df_index = HashIndex(self._df_codes)
         self.ref_len = float(ref_len)
 
     def _set_df_from_corpus(self, refs: Sequence[Sequence[str]]) -> None:
@@ -166,11 +166,10 @@ class CiderD:
             codes.append(table[distinct % max(len(table), 1)])
         self._df_codes, counts = np.unique(np.concatenate(codes), return_counts=True)
         self._df_values = counts.astype(np.float64)
+        self._df_index = HashIndex(self._df_codes)
         self.ref_len = float(np.log(float(len(refs))))
 
     def _idf(self, codes: np.ndarray) -> np.ndarray:
-        if self._df_index is None or self._df_index.table is not self._df_codes:
-            self._df_index = HashIndex(self._df_codes)
         pos, found = self._df_index.find(codes)
         df = np.where(found, self._df_values[pos] if found.any() else 0.0, 0.0)
         return self.ref_len - np.log(np.maximum(1.0, df))
