@@ -21,6 +21,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from tfcap import errors
 from tfcap.data import pipeline, vocab
 from tfcap.model.captioner import Captioner
 
@@ -53,7 +54,7 @@ def write_model_files(model_dir: str, model: Captioner, data_dir: str) -> None:
 def read_model_json(model_dir: str) -> dict[str, Any]:
     path = os.path.join(model_dir, MODEL_JSON)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {model_dir!r} a tfcap.train model dir?")
+        raise errors.MissingInput(f"{path} not found: is {model_dir!r} a tfcap.train model dir?")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -82,7 +83,7 @@ def checkpoint_path(model_dir: str, which: str = "best") -> str:
         path = tf.train.latest_checkpoint(os.path.join(model_dir, sub))
         if path:
             return path
-    raise FileNotFoundError(f"no checkpoint in {model_dir}/{{{','.join(order)}}}")
+    raise errors.MissingInput(f"no checkpoint in {model_dir}/{{{','.join(order)}}}")
 
 
 def load_model(model_dir: str, which: str = "best") -> tuple[Captioner, vocab.Vocab, dict]:

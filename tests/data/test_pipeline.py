@@ -82,18 +82,70 @@ def test_deterministic_mode_repeats_order(shapes_dir):
     assert len(set(first)) == 40
 
 
-def test_per_worker_sharding_is_disjoint_and_complete(shapes_dir):
-    seen = []
-    for pid in range(2):
-        ctx = tf.distribute.InputContext(
-            num_input_pipelines=2, input_pipeline_id=pid, num_replicas_in_sync=2
-        )
-        ds = pipeline.make_dataset(str(shapes_dir), "train", 8, input_context=ctx)
-        batches = _all(ds)
-        assert max(len(b["image_id"]) for b in batches) == 4  # per-replica batch
-        seen.append({int(i) for b in batches for i in b["image_id"]})
-    assert not seen[0] & seen[1]
-    assert len(seen[0] | seen[1]) == 40
+def _worker_epoch(data_dir, workers, pid, batch, drop_remainder, seed=3):
+    ctx = tf.distribute.InputContext(
+        num_input_pipelines=workers, input_pipeline_id=pid, num_replicas_in_sync=workers
+    )
+    ds = pipeline.make_dataset(
+        str(data_dir),
+        "train",
+        batch,
+        shuffle=True,
+        seed=seed,
+        drop_remainder=drop_remainder,
+        input_context=ctx,
+    )
+    return [b["image_id"].tolist() for b in _all(ds)]
+
+
+@pytest.fixture(scope="module")
+def eight_shards(tmp_path_factory):
+    from conftest import prepare_shapes
+
+    return prepare_shapes(tmp_path_factory.mktemp("eight") / "d", "train=40,val=2,test=2", 8)
+
+
+@pytest.mark.parametrize(
+    "workers, shards, batch",
+    [(3, 8, 6), (4, 2, 8), (2, 2, 8), (2, 8, 4)],
+    ids=["3_workers_8_shards", "4_workers_2_shards", "2_workers_2_shards", "2_workers_8_shards"],
+)
+def test_workers_partition_every_epoch_and_run_the_same_steps(
+    shapes_dir, eight_shards, workers, shards, batch
+):
+    """Every record reaches exactly one worker per epoch, and every worker has the
+    epoch's steps (the global steps_per_epoch of full batches)."""
+    data_dir = eight_shards if shards == 8 else shapes_dir
+    assert len(pipeline.split_files(str(data_dir), "train")) == shards
+    meta = pipeline.load_metadata(str(data_dir))
+    steps = pipeline.steps_per_epoch(meta, "train", batch)
+    for seed in (3, 4):  # two epochs' orders
+        seen = [
+            [i for b in _worker_epoch(data_dir, workers, pid, batch, False, seed) for i in b]
+            for pid in range(workers)
+        ]
+        everything = [i for worker in seen for i in worker]
+        assert sorted(everything) == sorted(set(everything)), "a record reached two workers"
+        assert len(everything) == 40, "records missing"
+        for pid in range(workers):
+            full = _worker_epoch(data_dir, workers, pid, batch, True, seed)
+            assert len(full) >= steps, (pid, len(full), steps)
+            assert all(len(b) == batch // workers for b in full)
+
+
+def test_shard_plan_reads_whole_files_when_balanced(shapes_dir):
+    meta = pipeline.load_metadata(str(shapes_dir))
+    files = pipeline.split_files(str(shapes_dir), "train")
+    assert meta["splits"]["train"]["shard_images"] == [20, 20]
+    assert pipeline.plan_shards(files, [20, 20], 2, 1, 20) == (files[1:], False)
+    assert pipeline.plan_shards(files, None, 2, 1, 20) == (files, True)  # counts unknown
+    assert pipeline.plan_shards(files, [20, 20], 4, 1, 10) == (files, True)  # fewer files
+
+
+def test_shuffled_multi_worker_input_needs_a_seed(shapes_dir):
+    ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=0)
+    with pytest.raises(ValueError, match="needs a seed"):
+        pipeline.make_dataset(str(shapes_dir), "train", 8, shuffle=True, input_context=ctx)
 
 
 def test_parser_runs_eagerly_and_in_tf_data(shapes_dir):

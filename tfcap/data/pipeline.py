@@ -16,6 +16,13 @@ Every batch is one dict, used by these names everywhere after:
 `max_regions` is given, so shapes suit XLA and TFLite. `batch` is static when
 `drop_remainder` is set.
 
+Several input pipelines (one per worker of a multi-worker job) partition the
+split: every record goes to exactly one worker in an epoch, and every worker
+holds at least `steps_per_epoch x per-worker batch` records, so all run the
+same number of steps (`plan_shards`). tf.data's autotuner is off: its model
+thread made the deletion of a finished iterator wait up to half a minute
+(at every epoch boundary and after each validation) on a busy 2-core machine.
+
 Errors name their place: a record whose stored sizes disagree with
 dataset.json fails with the shard path and record index, and a corrupt or
 truncated shard is found and named by `check_shards`.
@@ -30,6 +37,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from tfcap import errors
 from tfcap.data import records, vocab
 
 METADATA_FILE = "dataset.json"
@@ -39,23 +47,55 @@ def load_metadata(data_dir: str) -> dict[str, Any]:
     """Reads and checks `dataset.json` of a prepared dataset."""
     path = os.path.join(data_dir, METADATA_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(
+        raise errors.MissingInput(
             f"{path} not found: is {data_dir!r} a dataset written by tfcap.data.prepare?"
         )
     with open(path, encoding="utf-8") as f:
         try:
             meta = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+            raise errors.BadInput(f"{path}: not valid JSON ({e})") from None
     if meta.get("schema_version") != records.SCHEMA_VERSION:
-        raise ValueError(
+        raise errors.BadInput(
             f"{path}: schema_version {meta.get('schema_version')!r}, this tfcap reads "
             f"{records.SCHEMA_VERSION}; prepare the dataset again"
         )
     for key in ("feature_dim", "features_dtype", "max_regions", "splits", "vocab_file"):
         if key not in meta:
-            raise ValueError(f"{path}: missing key {key!r}")
+            raise errors.BadInput(f"{path}: missing key {key!r}")
     return meta
+
+
+def steps_per_epoch(meta: dict[str, Any], split: str, batch_size: int) -> int:
+    """Full global batches of `split` per epoch (every worker runs this many steps)."""
+    images = int(meta["splits"][split]["images"])
+    if batch_size > images:
+        raise errors.BadInput(f"--batch_size={batch_size} exceeds the {images} {split} images")
+    return images // batch_size
+
+
+def plan_shards(
+    files: list[str], counts: list[int] | None, pipes: int, pid: int, need: int
+) -> tuple[list[str], bool]:
+    """The files input pipeline `pid` of `pipes` reads, and whether it keeps every
+    `pipes`-th record of them (True) or all of their records (False).
+
+    Whole files per pipeline (each worker reads only its own) when the record
+    counts per file are known and every pipeline gets at least `need` records;
+    otherwise every pipeline reads every file and keeps the records whose index
+    in one fixed interleaved order is `pid` modulo `pipes` (each worker holds
+    floor or ceil of records / pipes).
+
+    >>> plan_shards(["a", "b", "c", "d"], [5, 5, 5, 5], 2, 1, 10)
+    (['b', 'd'], False)
+    >>> plan_shards(["a", "b", "c"], [5, 5, 5], 2, 1, 7)  # 10 / 5 records: too unequal
+    (['a', 'b', 'c'], True)
+    """
+    if counts is not None and len(counts) == len(files) and len(files) >= pipes:
+        per_pipe = [sum(counts[p::pipes]) for p in range(pipes)]
+        if min(per_pipe) >= need:
+            return files[pid::pipes], False
+    return files, True
 
 
 def load_vocab(data_dir: str, meta: dict[str, Any] | None = None) -> vocab.Vocab:
@@ -67,7 +107,7 @@ def split_files(data_dir: str, split: str) -> list[str]:
     """The shard paths of `split`, sorted; raises when there are none."""
     files = sorted(glob.glob(os.path.join(data_dir, f"{split}-*-of-*.tfrecord")))
     if not files:
-        raise FileNotFoundError(f"no shards for split {split!r} in {data_dir} ({split}-*.tfrecord)")
+        raise errors.MissingInput(f"no shards for split {split!r} in {data_dir} ({split}-*.tfrecord)")
     return files
 
 
@@ -84,7 +124,7 @@ def check_shards(files: list[str]) -> int:
             for _ in tf.data.TFRecordDataset(path):
                 count += 1
         except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
-            raise ValueError(
+            raise errors.BadInput(
                 f"{path}: corrupt or truncated after record {count} ({e.message.strip()})"
             ) from None
         total += count
@@ -92,12 +132,12 @@ def check_shards(files: list[str]) -> int:
 
 
 def explain_data_loss(data_dir: str, split: str, error: Exception) -> ValueError:
-    """A ValueError naming the corrupt shard behind a DataLossError from `make_dataset`."""
+    """A `BadInput` naming the corrupt shard behind a DataLossError from `make_dataset`."""
     try:
         check_shards(split_files(data_dir, split))
     except ValueError as named:
-        return ValueError(f"{named} (pass --skip_bad_records to skip bad records)")
-    return ValueError(f"{data_dir} ({split}): {error}")
+        return errors.BadInput(f"{named} (pass --skip_bad_records to skip bad records)")
+    return errors.BadInput(f"{data_dir} ({split}): {error}")
 
 
 def parser(meta: dict[str, Any], max_regions: int):
@@ -209,19 +249,25 @@ def make_dataset(
         deterministic: keep element order fixed (slower) so runs repeat exactly.
         drop_remainder: static batch dimension.
         skip_bad_records: log and skip records that fail to parse.
-        input_context: from `strategy.distribute_datasets_from_function`: files
-            (or records, when files are fewer than pipelines) are sharded per worker.
+        input_context: from `strategy.distribute_datasets_from_function`: the
+            split is partitioned among the input pipelines (`plan_shards`).
     """
     meta = load_metadata(data_dir)
     max_regions = int(max_regions or meta["max_regions"])
     max_len = int(max_caption_len or meta["max_caption_len"])
     files = split_files(data_dir, split)
-    per_file_shard = False
+    pipes, pid = 1, 0
     if input_context and input_context.num_input_pipelines > 1:
         pipes, pid = input_context.num_input_pipelines, input_context.input_pipeline_id
-        if len(files) >= pipes:
-            files, per_file_shard = files[pid::pipes], True
+        if shuffle and seed is None:
+            raise ValueError("shuffled input over several workers needs a seed (same order on all)")
         batch_size = input_context.get_per_replica_batch_size(batch_size)
+        per_worker = batch_size * input_context.num_replicas_in_sync // pipes
+        need = steps_per_epoch(meta, split, per_worker * pipes) * per_worker
+        counts = meta["splits"][split].get("shard_images")
+        files, by_record = plan_shards(files, counts, pipes, pid, need)
+    else:
+        by_record = False
 
     def read(path):
         ds = tf.data.TFRecordDataset(path).enumerate()
@@ -230,9 +276,16 @@ def make_dataset(
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(read, cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE)
-    if input_context and input_context.num_input_pipelines > 1 and not per_file_shard:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    # By record: one interleaved order on every worker (same file order, deterministic
+    # interleave), of which each keeps every `pipes`-th record.
+    ds = ds.interleave(
+        read,
+        cycle_length=min(len(files), 4),
+        num_parallel_calls=min(len(files), 4),
+        deterministic=True if by_record else None,
+    )
+    if by_record:
+        ds = ds.shard(pipes, pid)
     ds = ds.map(parser(meta, max_regions), num_parallel_calls=tf.data.AUTOTUNE)
     if skip_bad_records:
         ds = ds.ignore_errors(log_warning=True)
@@ -249,5 +302,6 @@ def make_dataset(
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = deterministic
+    options.autotune.enabled = False  # module docstring; AUTOTUNE takes tf.data's fixed defaults
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

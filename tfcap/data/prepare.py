@@ -288,11 +288,12 @@ def _metadata(split_images, stats, bad, v, num_shards) -> dict:
         raise ValueError(f"shards disagree on the feature dim: {sorted(dims)}")
     splits = {}
     for split in split_images:
-        mine = [s for s in stats.values() if s["split"] == split]
+        mine = [stats[name] for name in sorted(stats) if stats[name]["split"] == split]
         splits[split] = {
             "images": sum(s["images"] for s in mine),
             "captions": sum(s["captions"] for s in mine),
             "shards": num_shards[split],
+            "shard_images": [s["images"] for s in mine],  # in file order (input sharding)
         }
     return {
         "schema_version": records.SCHEMA_VERSION,
