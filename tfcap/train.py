@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags, logging
 
-from tfcap import cli_flags, distribute
+from tfcap import cli, cli_flags, distribute
 
 PHASES = ("xe", "scst", "gan")
 
@@ -203,29 +203,6 @@ def _check_phases(values):
     return bool(values) and all(v in PHASES for v in values)
 
 
-def _run_config():
-    from tfcap.training.loop import RunConfig
-
-    return RunConfig(
-        model_dir=cli_flags.MODEL_DIR.value,
-        data_dir=cli_flags.DATA_DIR.value,
-        batch_size=cli_flags.BATCH_SIZE.value,
-        seq_per_img=_SEQ_PER_IMG.value,
-        seed=cli_flags.SEED.value,
-        deterministic=_DETERMINISTIC.value,
-        log_every=_LOG_EVERY.value,
-        eval_every=_EVAL_EVERY.value,
-        checkpoint_every=_CKPT_EVERY.value,
-        keep_checkpoints=_KEEP.value,
-        val_images=_VAL_IMAGES.value,
-        val_batch_size=_VAL_BATCH.value,
-        skip_bad_records=cli_flags.SKIP_BAD_RECORDS.value,
-        val_beam_size=_VAL_BEAM.value,
-        max_consecutive_nonfinite=_MAX_NONFINITE.value,
-        inject_nonfinite=parse_injections(_INJECT_NONFINITE.value),
-    )
-
-
 def _build_model(trainer_meta):
     from tfcap.model.captioner import Captioner
 
@@ -268,9 +245,16 @@ def _check_model_dir(model_dir: str, model) -> None:
             )
 
 
-def _phase_configs():
-    from tfcap.training import phases, scst, xe
+def _configs():
+    from tfcap.training import gan, phases, scst, xe
 
+    policy = scst.SCSTConfig(
+        _NUM_SAMPLES.value,
+        _BASELINE.value,
+        _TEMPERATURE.value,
+        _GRAD_CLIP.value,
+        _GRAD_CLIP_MODE.value,
+    )
     return {
         "xe": (
             phases.PhaseConfig(
@@ -286,32 +270,15 @@ def _phase_configs():
                 _SS_START.value, _SS_EVERY.value, _SS_INCREASE.value, _SS_MAX.value
             ),
         ),
-        "scst": phases.PhaseConfig("scst", _SCST_STEPS.value, _SCST_EPOCHS.value, _SCST_LR.value),
-        "gan": phases.PhaseConfig("gan", _GAN_STEPS.value, _GAN_EPOCHS.value, _GAN_LR.value),
-        "policy": scst.SCSTConfig(
-            _NUM_SAMPLES.value,
-            _BASELINE.value,
-            _TEMPERATURE.value,
-            _GRAD_CLIP.value,
-            _GRAD_CLIP_MODE.value,
+        "scst": (
+            phases.PhaseConfig("scst", _SCST_STEPS.value, _SCST_EPOCHS.value, _SCST_LR.value),
+            policy,
+            _SCST_REWARD.value,
         ),
-    }
-
-
-def run_phases(trainer) -> None:
-    """Runs --phases in order, each followed by its score table on val."""
-    from tfcap.training import phases
-
-    cfg = _phase_configs()
-    for name in _PHASES.value:
-        if name == "xe":
-            phases.run_xe(trainer, *cfg["xe"])
-        elif name == "scst":
-            phases.run_scst(trainer, cfg["scst"], cfg["policy"], _SCST_REWARD.value)
-        elif name == "gan":
-            from tfcap.training import gan
-
-            d_config = gan.GanConfig(
+        "gan": (
+            phases.PhaseConfig("gan", _GAN_STEPS.value, _GAN_EPOCHS.value, _GAN_LR.value),
+            policy,
+            gan.GanConfig(
                 alpha=_GAN_ALPHA.value,
                 evaluator=_GAN_EVALUATOR.value,
                 d_encoder=_D_ENCODER.value,
@@ -319,11 +286,52 @@ def run_phases(trainer) -> None:
                 d_learning_rate=_D_LR.value,
                 d_steps=_D_STEPS.value,
                 d_pretrain_steps=_D_PRETRAIN.value,
-            )
-            gan.run_gan(trainer, cfg["gan"], cfg["policy"], d_config)
-        if _FINAL_METRICS.value:
-            scores = phases.final_scores(trainer, name)
+            ),
+        ),
+    }
+
+
+def train(strategy, model, meta) -> None:
+    """Runs --phases in order; each phase's end leaves its snapshot and val scores."""
+    from tfcap.training import guard, input, logs, loop, phases, state, validation
+
+    run = state.RunState(strategy, model, cli_flags.MODEL_DIR.value, _KEEP.value)
+    inputs = input.InputConfig(
+        cli_flags.DATA_DIR.value,
+        cli_flags.BATCH_SIZE.value,
+        _SEQ_PER_IMG.value,
+        cli_flags.SEED.value,
+        _DETERMINISTIC.value,
+        cli_flags.SKIP_BAD_RECORDS.value,
+    )
+    spe = input.steps_per_epoch(inputs)
+    faults = guard.FaultInjector(parse_injections(_INJECT_NONFINITE.value))
+    hooks = loop.Hooks(
+        logs=logs.Logs(run.dir, inputs.batch_size, spe),
+        validator=validation.Validator(
+            model, inputs.data_dir, _VAL_IMAGES.value, _VAL_BATCH.value, _VAL_BEAM.value
+        ),
+        guard=guard.NonFiniteGuard(run.skipped_steps, _MAX_NONFINITE.value),
+        faults=faults,
+        inputs=inputs,
+        log_every=_LOG_EVERY.value,
+        eval_every=_EVAL_EVERY.value,
+    )
+    ctx = phases.Context(
+        run, cli_flags.SEED.value, spe, _CKPT_EVERY.value, _SEQ_PER_IMG.value, meta, inputs.data_dir
+    )
+    builders = {"xe": phases.xe_phase, "scst": phases.scst_phase, "gan": phases.gan_phases}
+    configs = _configs()
+    run.restore()  # the counters: which phases are done
+    for name in _PHASES.value:
+        phases.check_not_extended(run, name, configs[name][0].total_steps(spe))
+        ran = False
+        for phase in builders[name](ctx, *configs[name], faults.multiplier):
+            ran = loop.run_phase(run, phase, hooks) or ran
+        scores = phases.end_phase(run, hooks.validator, name, ran, _FINAL_METRICS.value)
+        if scores is not None:
             print(json.dumps({"phase": name, "split": "val", **scores}), flush=True)
+    run.finish()
 
 
 def main(argv):
@@ -337,32 +345,29 @@ def main(argv):
     import tensorflow as tf
 
     from tfcap import checkpoints
-    from tfcap.training.loop import Trainer
+    from tfcap.data import pipeline
 
     tf.get_logger().setLevel("WARNING")  # TF's own INFO lines (checkpoint sharding, ...)
     if _DETERMINISTIC.value:
         keras.utils.set_random_seed(cli_flags.SEED.value)
         tf.config.experimental.enable_op_determinism()
-    run = _run_config()
+    meta = pipeline.load_metadata(cli_flags.DATA_DIR.value)
     with strategy.scope():
-        from tfcap.data import pipeline
-
-        model = _build_model(pipeline.load_metadata(run.data_dir))
-    _check_model_dir(run.model_dir, model)
-    trainer = Trainer(strategy, model, run)
-    if trainer.chief:
-        _write_flags(run.model_dir)
-        checkpoints.write_model_files(run.model_dir, model, run.data_dir)
+        model = _build_model(meta)
+    model_dir = cli_flags.MODEL_DIR.value
+    _check_model_dir(model_dir, model)
+    if distribute.is_chief(strategy):
+        _write_flags(model_dir)
+        checkpoints.write_model_files(model_dir, model, cli_flags.DATA_DIR.value)
     logging.info(
         "model: %s, %d parameters, %d replicas",
         _PRESET.value,
         model.count_params(),
         strategy.num_replicas_in_sync,
     )
-    with distribute.explain_lost_workers(strategy, run.model_dir):
-        run_phases(trainer)
-        trainer.finish()
+    with distribute.explain_lost_workers(strategy, model_dir):
+        train(strategy, model, meta)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -3,7 +3,7 @@ counted, training stops after K in a row, and the last good checkpoint is kept.
 
 Faults are injected with `--inject_nonfinite_steps` (the loss of those global
 steps is multiplied by NaN or Inf inside the step, before the gradient), so the
-real guard in `tfcap.training.xe.apply_if_finite` sees them.
+real guard in `tfcap.training.updates.apply_if_finite` sees them.
 """
 
 import os
@@ -16,8 +16,8 @@ import tensorflow as tf
 from conftest import run_script_json, run_train
 
 from tfcap import checkpoints
-from tfcap.training import gan, xe
-from tfcap.training.loop import NonFiniteError
+from tfcap.training import gan, updates, xe
+from tfcap.training.guard import NonFiniteError
 
 
 def _guarded_update(strategy, loss_scale, grad_scale):
@@ -31,13 +31,13 @@ def _guarded_update(strategy, loss_scale, grad_scale):
     def replica():
         with tf.GradientTape() as tape:
             loss = (tf.reduce_sum(v * grad_scale) + tf.reduce_sum(w)) * loss_scale
-        grads, _, finite = xe.reduce_gradients(tape.gradient(loss, [v, w]), loss)
+        grads, _, finite = updates.reduce_gradients(tape.gradient(loss, [v, w]), loss)
         return grads, finite
 
     @tf.function
     def step():
         grads, finite = strategy.run(replica)
-        return xe.apply_if_finite(strategy, opt, [v, w], grads, finite, 0.0, "value")
+        return updates.apply_if_finite(strategy, opt, [v, w], grads, finite, 0.0, "value")
 
     skipped = bool(step())
     return skipped, [v.numpy(), w.numpy()], [x.numpy() for x in opt.variables]
@@ -67,7 +67,7 @@ MIRRORED = textwrap.dedent(
     import keras, numpy as np, tensorflow as tf
     from tfcap.data import pipeline
     from tfcap.model.captioner import Captioner
-    from tfcap.training import xe
+    from tfcap.training import updates, xe
     data_dir = sys.argv[1]
     meta = pipeline.load_metadata(data_dir)
     batch = next(iter(pipeline.make_dataset(data_dir, "train", 8, drop_remainder=True)))
@@ -88,7 +88,7 @@ MIRRORED = textwrap.dedent(
     loss, norm = step(next(dist), tf.constant(0.0), tf.constant([0, 0], tf.int64))
     changed = [int(np.any(a != v.numpy())) for a, v in zip(before, model.trainable_variables)]
     print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": float(loss),
-                      "skipped": xe.step_skipped(loss, norm), "changed": sum(changed),
+                      "skipped": updates.step_skipped(loss, norm), "changed": sum(changed),
                       "iterations": int(opt.iterations.numpy())}))
     """
 )

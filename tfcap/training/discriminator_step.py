@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from tfcap.data import vocab
 from tfcap.model.discriminator import Discriminator
-from tfcap.training.xe import apply_if_finite, reduce_gradients
+from tfcap.training.updates import apply_if_finite, reduce_gradients
 
 REAL, FAKE, WRONG = 0, 1, 2
 KINDS = ("real", "fake", "wrong")
@@ -207,7 +207,7 @@ def make_d_step(
     scalars: `loss` (the global loss), `grad_norm` (before clipping) and
     `summarize`'s per-kind accuracies and mean probabilities over the global batch.
     A step whose `loss` or `grad_norm` is not finite made no update
-    (`tfcap.training.xe.step_skipped`). Build D and the optimizer (in
+    (`tfcap.training.updates.step_skipped`). Build D and the optimizer (in
     `strategy.scope()`) before the first call. `loss_multiplier`: a testing aid
     as in `tfcap.training.xe.make_xe_step`.
     """

@@ -11,21 +11,27 @@ share of one global step.
 Reward functions run on the host (`tf.numpy_function`) and take token ids:
 
     reward_fn(sample_ids int32 [rows, max_len], image_index int32 [rows],
-              reference_ids int32 [batch, seq_per_img, length]) -> float32 [rows]
+              reference_ids int32 [batch, seq_per_img, length], replica int) -> float32 [rows]
 
-`reference_ids` are the batch's `captions` without the leading `<bos>`.
+`reference_ids` are the batch's `captions` without the leading `<bos>`;
+`replica` is the calling replica's id, so a function that keeps state between
+calls (the encoded references of `cider_reward`) keeps one per replica, and
+replicas calling at once cannot disturb each other.
 
-Gradients. At temperature 1 the token log-probabilities the sampler computed
-are the policy's, so the step differentiates them through the sampling loop
-(one forward pass). At other temperatures, or with `rescore=True`, it scores
-the samples again by teacher forcing at temperature 1 (a second forward pass)
-and differentiates that. Both give the same gradient up to float rounding.
+Gradients. The policy is the distribution the captions are sampled from,
+`softmax(logits / temperature)`, so the gradient is on-policy at every
+temperature. The step differentiates the token log-probabilities the sampler
+computed, through the sampling loop (one forward pass); with `rescore=True` it
+scores the samples again by teacher forcing at the same temperature (a second
+forward pass) and differentiates that. Both give the same gradient up to float
+rounding.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from collections.abc import Callable
 
 import keras
@@ -35,9 +41,9 @@ import tensorflow as tf
 from tfcap.data import vocab
 from tfcap.model.captioner import Captioner
 from tfcap.rewards import bleu, cider
-from tfcap.training.xe import apply_if_finite, reduce_gradients
+from tfcap.training.updates import apply_if_finite, reduce_gradients
 
-RewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+RewardFn = Callable[..., np.ndarray]  # (ids, index, refs, replica=0) -> float32 [rows]
 BASELINES = ("greedy", "mean")
 
 
@@ -48,7 +54,8 @@ class SCSTConfig:
     Attributes:
         num_samples: captions sampled per image.
         baseline: "greedy" or "mean" (module docstring).
-        temperature: sampling temperature (the gradient is of the temperature-1 policy).
+        temperature: sampling temperature; the policy differentiated is the one
+            sampled from, `softmax(logits / temperature)`.
         grad_clip, grad_clip_mode: as in `tfcap.training.xe.XEConfig`.
         rescore: score the samples by a second, teacher-forced pass even at
             temperature 1 (module docstring); slower, for checking.
@@ -65,18 +72,22 @@ class SCSTConfig:
 def cider_reward(scorer: cider.CiderD) -> RewardFn:
     """CIDEr-D of each sample against its image's references (scorer's df).
 
-    The references of the last call are kept encoded: a step's sample and
+    Each replica's last references are kept encoded: a step's sample and
     greedy rewards share them.
     """
-    last: dict[bytes, cider.References] = {}
+    last: dict[int, tuple[bytes, cider.References]] = {}  # replica -> (key, encoded)
+    lock = threading.Lock()
 
-    def reward(ids, index, refs):
+    def reward(ids, index, refs, replica=0):
         refs = np.ascontiguousarray(refs)
         key = refs.tobytes() + repr((refs.shape, refs.dtype.str)).encode()
-        if key not in last:
-            last.clear()
-            last[key] = scorer.encode_references(refs)
-        scores = scorer.score_ids(np.asarray(ids), np.asarray(index), last[key])[1]
+        with lock:
+            kept = last.get(int(replica))
+        if kept is None or kept[0] != key:
+            kept = (key, scorer.encode_references(refs))
+            with lock:
+                last[int(replica)] = kept
+        scores = scorer.score_ids(np.asarray(ids), np.asarray(index), kept[1])[1]
         return scores.astype(np.float32)
 
     return reward
@@ -85,15 +96,27 @@ def cider_reward(scorer: cider.CiderD) -> RewardFn:
 def bleu_reward() -> RewardFn:
     """Sentence BLEU-4 of each sample against its image's references."""
 
-    def reward(ids, index, refs):
+    def reward(ids, index, refs, replica=0):
+        del replica
         return bleu.bleu_ids(ids, index, refs, eos_id=vocab.EOS_ID)
 
     return reward
 
 
+def evaluator(name: str, train_cider: Callable[[], cider.CiderD]) -> RewardFn:
+    """The evaluator reward `name`: "cider" (CIDEr-D with the train split's document
+    frequencies, `train_cider()`) or "bleu" (sentence BLEU-4)."""
+    if name == "cider":
+        return cider_reward(train_cider())
+    if name == "bleu":
+        return bleu_reward()
+    raise ValueError(f"evaluator must be cider or bleu, got {name!r}")
+
+
 def host_reward(fn: RewardFn, ids, index, refs) -> tf.Tensor:
-    """Calls a host reward function from the graph: float32 `[rows]`."""
-    out = tf.numpy_function(fn, [ids, index, refs], tf.float32, stateful=False)
+    """Calls a host reward function from the graph (replica context): float32 `[rows]`."""
+    replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32)
+    out = tf.numpy_function(fn, [ids, index, refs, replica], tf.float32, stateful=False)
     return tf.ensure_shape(out, [None])
 
 
@@ -118,7 +141,7 @@ def baseline_of(
 
 
 def sampled_policy_loss(samples, advantages, tokens):
-    """`policy_loss` from the sampler's own token log-probabilities (temperature 1).
+    """`policy_loss` from the sampler's own token log-probabilities (at its temperature).
 
     The entropy is estimated by the mean of -log p(token) over the sampled
     tokens (its expectation is the policy's mean entropy per step).
@@ -132,17 +155,19 @@ def sampled_policy_loss(samples, advantages, tokens):
     return loss, entropy
 
 
-def policy_loss(model: Captioner, features, region_mask, ids, advantages, tokens):
-    """-sum(advantage * log p(token)) / tokens, and the policy's mean entropy.
+def policy_loss(model: Captioner, features, region_mask, ids, advantages, tokens, temperature=1.0):
+    """-sum(advantage * log p(token)) / tokens, and the policy's mean entropy, where
+    p = softmax(logits / temperature) is the distribution the samples were drawn from.
 
     Args:
         ids: int32 `[rows, max_len]` samples (no `<bos>`, 0 after `<eos>`).
         advantages: float32 `[rows]`, treated as constants.
         tokens: float32 scalar, the global number of generated tokens.
+        temperature: the sampling temperature.
     """
     bos = tf.fill([tf.shape(ids)[0], 1], vocab.BOS_ID)
     logits, _ = model.teacher_forcing(features, region_mask, tf.concat([bos, ids], 1))
-    log_probs = tf.nn.log_softmax(logits)  # [rows, max_len, vocab]
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32) / temperature)  # [rows, len, vocab]
     token_lp = tf.gather(log_probs, ids, batch_dims=2)  # [rows, max_len]
     mask = generated_mask(ids)
     weights = tf.cast(mask, tf.float32)
@@ -176,11 +201,11 @@ def make_policy_step(
     `reward(batch, ids, per_image)` gives float32 `[rows]` for `ids` `[rows, max_len]`
     holding `per_image` captions of each image of `batch` (image-major). A step
     whose `loss` or `grad_norm` is not finite made no update
-    (`tfcap.training.xe.step_skipped`). `loss_multiplier`: a testing aid as in
+    (`tfcap.training.updates.step_skipped`). `loss_multiplier`: a testing aid as in
     `tfcap.training.xe.make_xe_step`.
     """
     k = config.num_samples
-    rescore = config.rescore or config.temperature != 1.0
+    rescore = config.rescore
 
     def replica_step(batch, seed):
         ctx = tf.distribute.get_replica_context()
@@ -210,7 +235,9 @@ def make_policy_step(
             local_tokens = tf.reduce_sum(tf.cast(gen_mask, tf.float32))
             tokens = tf.maximum(ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_tokens), 1.0)
             if rescore:
-                loss, entropy = policy_loss(model, feats, mask, ids, advantages, tokens)
+                loss, entropy = policy_loss(
+                    model, feats, mask, ids, advantages, tokens, config.temperature
+                )
             else:
                 loss, entropy = sampled_policy_loss(samples, advantages, tokens)
             if loss_multiplier is not None:

@@ -1,16 +1,9 @@
-"""The cross-entropy (teacher forcing) training step, under any tf.distribute strategy.
+"""The cross-entropy (teacher forcing) update of the xe phase, under any tf.distribute strategy.
 
 The loss is the sum of token cross-entropies over the global batch divided by
 the global number of target tokens, so N replicas compute the same step as one
-device on the same global batch. Gradients are summed across replicas before
-clipping, so clipping sees the global gradient too.
-
-Numerical faults: `reduce_gradients` and `apply_if_finite` (shared by the
-xe, scst and discriminator steps) apply an update only when the global loss
-and the global gradient norm are finite. All replicas decide on the same all-reduced
-values, so they skip together; a skipped update changes no weight, no
-optimizer slot and not the optimizer's iteration count. The training loop
-counts skips (`tfcap.training.loop.NonFiniteGuard`).
+device on the same global batch; summing, clipping and the finite-only update
+are `tfcap.training.updates`'.
 """
 
 from __future__ import annotations
@@ -18,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfcap.data import vocab
 from tfcap.losses import token_cross_entropy
 from tfcap.model.captioner import Captioner
+from tfcap.training.updates import apply_if_finite, reduce_gradients
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,70 +34,6 @@ class XEConfig:
     grad_clip_mode: str = "value"
 
 
-def clip_gradients(grads: list[tf.Tensor], clip: float, mode: str) -> list[tf.Tensor]:
-    """Clips gradients by value or by global norm (`clip` 0 disables)."""
-    if not clip:
-        return grads
-    if mode == "value":
-        return [tf.clip_by_value(g, -clip, clip) for g in grads]
-    if mode == "norm":
-        return tf.clip_by_global_norm(grads, clip)[0]
-    raise ValueError(f"grad_clip_mode must be 'value' or 'norm', got {mode!r}")
-
-
-def reduce_gradients(
-    grads: list[tf.Tensor], loss: tf.Tensor
-) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
-    """Sums this replica's `grads` and `loss` over replicas (call in a replica context).
-
-    Returns the summed gradients, their global norm (before clipping) and a
-    bool scalar, True when the summed loss and the norm are finite (the same
-    on every replica).
-    """
-    ctx = tf.distribute.get_replica_context()
-    grads = [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices (embeddings) made dense
-    *grads, total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [*grads, tf.cast(loss, tf.float32)])
-    norm = tf.linalg.global_norm(grads)
-    return grads, norm, tf.math.is_finite(norm) & tf.math.is_finite(total)
-
-
-def apply_if_finite(
-    strategy: tf.distribute.Strategy,
-    optimizer: keras.optimizers.Optimizer,
-    variables: list,
-    grads,
-    finite,
-    clip: float,
-    mode: str,
-) -> tf.Tensor:
-    """Clips and applies the summed `grads` unless they are not `finite`; returns `skipped`.
-
-    Call in the cross-replica context of a step's tf.function with the per-replica
-    results of `reduce_gradients` (the condition must sit outside `strategy.run`:
-    the optimizer's cross-replica sync cannot run inside control flow there). The
-    optimizer sums what each replica passes, so each passes its share
-    (`1 / replicas`) of the summed, clipped gradient.
-    """
-
-    def replica_apply(summed):
-        share = 1.0 / tf.distribute.get_replica_context().num_replicas_in_sync
-        clipped = clip_gradients(summed, clip, mode)
-        optimizer.apply_gradients([(g * share, v) for g, v in zip(clipped, variables, strict=True)])
-
-    def update():
-        strategy.run(replica_apply, args=(grads,))
-        return tf.constant(False)
-
-    ok = strategy.experimental_local_results(finite)[0]
-    return tf.cond(ok, update, lambda: tf.constant(True))
-
-
-def step_skipped(loss, grad_norm) -> bool:
-    """Whether a step (xe, scst, discriminator) that returned this global `loss` and
-    `grad_norm` skipped its update: `apply_if_finite` applies only finite ones."""
-    return not (np.isfinite(float(loss)) and np.isfinite(float(grad_norm)))
-
-
 def make_xe_step(
     strategy: tf.distribute.Strategy,
     model: Captioner,
@@ -120,7 +49,7 @@ def make_xe_step(
     step runs a tf.function without the sampling ops, whose loop also leaves
     the vocabulary projection to one product after it; above 0, one with them.
     A step whose `loss` or `grad_norm` is not finite made no update
-    (`step_skipped`). `loss_multiplier`: a testing aid, a float32 scalar
+    (`tfcap.training.updates.step_skipped`). `loss_multiplier`: a testing aid, a float32 scalar
     variable the loss is multiplied by (1.0; NaN or Inf injects a fault).
     """
 
