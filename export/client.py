@@ -29,13 +29,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-import sys
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Sequence
 
 import numpy as np
 from absl import app, flags
+
+from tfcap import cli, errors
 
 FEATURES_SIGNATURE = "caption_features"
 IMAGES_SIGNATURE = "serving_default"
@@ -189,6 +191,26 @@ def _print_captions(names: Sequence[str], results: list[dict]) -> None:
         print(json.dumps({"input": name, **shown}))
 
 
+REGIONS_KEYS = ("features", "boxes", "num_regions")
+
+
+def load_regions(path: str) -> list[np.ndarray]:
+    """The `REGIONS_KEYS` arrays of a REGIONS.npz (module docstring); `tfcap.errors`
+    `MissingInput` or `BadInput` naming the file when it is missing or not such an npz."""
+    with errors.open_input(path, "rb") as f:
+        try:
+            data = np.load(f)
+        except (ValueError, OSError, zipfile.BadZipFile) as e:  # np.load: not a NumPy file
+            raise errors.BadInput(f"{path}: not a NumPy .npz file ({e})") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise errors.BadInput(f"{path}: one array (.npy), not an .npz of {REGIONS_KEYS}")
+        with data:
+            missing = [k for k in REGIONS_KEYS if k not in data.files]
+            if missing:
+                raise errors.BadInput(f"{path}: no {', '.join(missing)} in {data.files}")
+            return [data[k] for k in REGIONS_KEYS]
+
+
 def main(argv: list[str]) -> None:
     command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
     client = ServingClient(_URL.value, _MODEL.value, _VERSION.value, _TIMEOUT.value)
@@ -199,22 +221,22 @@ def main(argv: list[str]) -> None:
         elif command == "caption" and args:
             images = []
             for path in args:
-                with open(path, "rb") as f:
+                with errors.open_input(path, "rb") as f:
                     images.append(f.read())
             _print_captions(args, client.caption_images(images, columnar=columnar))
         elif command == "features" and len(args) == 1:
-            with np.load(args[0]) as npz:
-                arrays = [npz[k] for k in ("features", "boxes", "num_regions")]
+            arrays = load_regions(args[0])
             names = [f"{os.path.basename(args[0])}[{i}]" for i in range(len(arrays[0]))]
             _print_captions(names, client.caption_features(*arrays, columnar=columnar))
         else:
             raise app.UsageError(
-                "commands: status | metadata | caption IMAGE... | features REGIONS.npz"
+                f"got {argv[1:] or 'no command'}; commands: status | metadata | "
+                "caption IMAGE... | features REGIONS.npz"
             )
-    except ServingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except ServingError as e:  # the server's answer (or none) to what was asked: one line
+        where = "" if e.status is None else f"{client.url}{client.model_path}: "
+        raise errors.BadInput(f"{where}{e}") from None
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

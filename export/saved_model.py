@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from tfcap import checkpoints, cli_flags
+from tfcap import checkpoints, cli, cli_flags, errors
 from tfcap.data import vocab as vocab_lib
 from tfcap.features import detector, source
 
@@ -89,7 +89,7 @@ class CaptionModule(tf.Module):
         super().__init__(name="tfcap")
         size = len(vocab_lib.Vocab.load(vocab_path))
         if size != model.vocab_size:
-            raise ValueError(f"{vocab_path} has {size} tokens, the model {model.vocab_size}")
+            raise errors.BadInput(f"{vocab_path} has {size} tokens, the model {model.vocab_size}")
         # The Keras model is not a SavedModel child (its traced default signature
         # would be saved too); its variables are, as the tf.Variables under the
         # Keras ones: tracking the Keras wrappers instead gives a SavedModel that
@@ -243,12 +243,19 @@ def export(
     """Writes `export_base/<version>/` atomically; returns its path.
 
     Raises:
-        FileExistsError: the version exists already.
-        ValueError: `beam_size` exceeds the vocabulary.
+        tfcap.errors.OutputExists (a FileExistsError): the version exists already, or
+            `export_base` is not a directory.
+        tfcap.errors.MissingInput: `model_dir` is not a training run's directory.
+        tfcap.errors.BadInput (a ValueError): `beam_size` exceeds the vocabulary.
     """
+    if os.path.exists(export_base) and not os.path.isdir(export_base):
+        raise errors.OutputExists(f"export base {export_base} exists and is not a directory")
+    given = os.path.join(export_base, str(version)) if version is not None else None
+    if given and os.path.exists(given):  # refuse before loading the model
+        raise errors.OutputExists(f"{given} exists: versions are never overwritten")
     model, words, info = checkpoints.load_model(model_dir, checkpoint)
     if not 1 <= beam_size <= len(words):
-        raise ValueError(f"beam_size must be in [1, {len(words)}], got {beam_size}")
+        raise errors.BadInput(f"beam_size must be in [1, {len(words)}], got {beam_size}")
     feature_dim, regions = info["data"]["feature_dim"], info["data"]["max_regions"]
     module = CaptionModule(
         model,
@@ -262,7 +269,7 @@ def export(
     version = next_version(export_base) if version is None else version
     final = os.path.join(export_base, str(version))
     if os.path.exists(final):
-        raise FileExistsError(f"{final} exists: versions are never overwritten")
+        raise errors.OutputExists(f"{final} exists: versions are never overwritten")
     tmp = os.path.join(export_base, f".tmp-{version}-{os.getpid()}")
     try:
         tf.saved_model.save(module, tmp, signatures=module.signatures())
@@ -272,7 +279,7 @@ def export(
             for log in warmup_requests(module, feature_dim, regions):
                 writer.write(log.SerializeToString())
         if os.path.exists(final):  # another writer got there first
-            raise FileExistsError(f"{final} exists: versions are never overwritten")
+            raise errors.OutputExists(f"{final} exists: versions are never overwritten")
         os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -317,4 +324,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["model_dir", "export_base"])
-    app.run(main)
+    cli.run(main)

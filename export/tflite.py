@@ -25,7 +25,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from export import tflite_models, tflite_report
-from tfcap import checkpoints, cli_flags
+from tfcap import checkpoints, cli, cli_flags, errors
 
 _SPLIT = flags.DEFINE_string("tflite_split", "test", "Split whose images the parity run decodes.")
 _IMAGES = flags.DEFINE_integer("tflite_images", 50, "Images in the parity run.", lower_bound=1)
@@ -54,6 +54,8 @@ def export_tflite(
 
     `data_dir` defaults to the training data recorded in model.json.
     """
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise errors.OutputExists(f"{output_dir} exists and is not a directory")
     model, _, info = checkpoints.load_model(model_dir, checkpoint)
     data_dir = data_dir or info["data"]["data_dir"]
     dim = info["data"]["feature_dim"]
@@ -171,4 +173,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["model_dir", "output_dir"])
-    app.run(main)
+    cli.run(main)

@@ -21,6 +21,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from export.tflite_models import pad_regions
+from tfcap import errors
 from tfcap.data import pipeline
 from tfcap.data.vocab import EOS_ID
 from tfcap.inference import make_generate_fn
@@ -47,7 +48,7 @@ def test_images(data_dir: str, split: str, max_images: int, regions: int):
         features.append(f)
         masks.append(m)
     if not features:
-        raise ValueError(f"no images in split {split!r} of {data_dir}")
+        raise errors.BadInput(f"no images in split {split!r} of {data_dir}")
     return np.stack(features), np.stack(masks), cut
 
 

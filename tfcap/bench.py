@@ -36,7 +36,7 @@ import tempfile
 
 from absl import app, flags, logging
 
-from tfcap import cli_flags
+from tfcap import cli, cli_flags, errors
 from tfcap.perf.timing import PeakRSS, matmul_peak, median_time
 
 BENCHMARKS = ("peak", "cider", "xe", "scst", "decode", "input")
@@ -237,11 +237,15 @@ def run(
     """
     import tensorflow as tf
 
+    from tfcap.data import pipeline
     from tfcap.perf import model_bench as mb
 
     unknown = sorted(set(only) - set(BENCHMARKS))
     if unknown:
         raise app.UsageError(f"--only: unknown benchmarks {unknown}, choose from {BENCHMARKS}")
+    if data_dir and "input" in only:  # a missing or foreign dir fails now, not after the rest
+        pipeline.load_metadata(data_dir)
+        pipeline.split_files(data_dir, "train")
     out = {
         "machine": {**machine(), "tensorflow": tf.__version__},
         "preset": preset,
@@ -386,6 +390,9 @@ def table(out: dict) -> str:
 
 def main(argv):
     del argv
+    json_dir = os.path.dirname(os.path.abspath(_JSON_OUT.value or "."))
+    if _JSON_OUT.value and not os.path.isdir(json_dir):
+        raise errors.MissingInput(f"--json_out={_JSON_OUT.value}: no directory {json_dir}")
     preset = cli_flags.PRESET.value if flags.FLAGS["preset"].present else "updown"
     out = run(
         _ONLY.value,
@@ -406,4 +413,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

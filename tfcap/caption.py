@@ -29,7 +29,7 @@ from collections.abc import Iterator
 import numpy as np
 from absl import app, flags
 
-from tfcap import checkpoints, cli_flags
+from tfcap import checkpoints, cli, cli_flags, errors
 from tfcap.features import source
 
 _SAVED_MODEL = flags.DEFINE_string(
@@ -129,7 +129,7 @@ class ModelDirCaptioner:
 
         for it in items:
             if it.features.shape[1] != self.feature_dim:
-                raise ValueError(
+                raise errors.BadInput(
                     f"{it.file}: features have dim {it.features.shape[1]}, the model was trained "
                     f"on {self.feature_dim}-d features (use the same backbone as its data)"
                 )
@@ -148,10 +148,15 @@ class SavedModelCaptioner:
 
         from tfcap.data import vocab
 
-        self.module = tf.saved_model.load(path)
+        try:
+            self.module = tf.saved_model.load(path)
+        except OSError as err:  # e.g. a corrupt saved_model.pb
+            raise errors.BadInput(f"{path}: cannot be loaded as a SavedModel: {err}") from err
         self.signatures = self.module.signatures
         if "caption_features" not in self.signatures:
-            raise ValueError(f"{path}: no caption_features signature: not an export.saved_model?")
+            raise errors.BadInput(
+                f"{path}: no caption_features signature: not an export.saved_model?"
+            )
         self.words = vocab.Vocab.load(os.path.join(path, "assets", "vocab.txt")).words
         spec = self.signatures["caption_features"].structured_input_signature[1]["features"]
         self.feature_dim = spec.shape[-1]
@@ -176,7 +181,7 @@ class SavedModelCaptioner:
         from tfcap.features import images as images_lib
 
         if "serving_default" not in self.signatures:
-            raise ValueError(
+            raise errors.BadInput(
                 "this export has no serving_default (images) signature: pass --detector_handle"
             )
         data = [tf.io.encode_png(images_lib.load_image(it.file)).numpy() for it in items]
@@ -222,7 +227,7 @@ def feature_items(features_dir: str) -> Iterator[Item]:
     meta = pipeline.load_metadata(features_dir)
     listing = os.path.join(features_dir, extract.IMAGES_JSON)
     if not os.path.exists(listing):
-        raise ValueError(
+        raise errors.BadInput(
             f"{features_dir}: not a tfcap.features.extract output (no {extract.IMAGES_JSON}); "
             "a prepared dataset is captioned with tfcap.evaluate"
         )
@@ -356,4 +361,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

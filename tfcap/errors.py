@@ -10,6 +10,8 @@ Each concrete type is also the built-in exception callers already catch:
 (True, True)
 """
 
+from typing import IO
+
 
 class UserError(Exception):
     """Base of the user-mistake types (module docstring)."""
@@ -23,5 +25,25 @@ class MissingInput(UserError, FileNotFoundError):
     """A file or directory that was named but does not exist, or lacks what it must hold."""
 
 
+class NotAFile(UserError, IsADirectoryError):
+    """A directory named where a file is read or written."""
+
+
 class OutputExists(UserError, FileExistsError):
     """An output that would overwrite something without being told to."""
+
+
+def open_input(path: str, mode: str = "r", **kwargs) -> IO:
+    """`open(path, mode, **kwargs)` for reading a file the user named: a missing file
+    raises `MissingInput`, a directory `NotAFile`, each naming `path`.
+
+    >>> open_input("/nonexistent.json")
+    Traceback (most recent call last):
+    tfcap.errors.MissingInput: /nonexistent.json: no such file
+    """
+    try:
+        return open(path, mode, **kwargs)
+    except FileNotFoundError:
+        raise MissingInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise NotAFile(f"{path}: is a directory, not a file") from None

@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from tfcap import cli_flags
+from tfcap import cli, cli_flags, errors
 
 _SPLIT = flags.DEFINE_string("split", "test", "Split to decode.")
 _RESULTS_JSON = flags.DEFINE_string("results_json", None, "Write COCO-format results here.")
@@ -62,7 +62,8 @@ def evaluate(
     from tfcap import checkpoints, inference, metrics
     from tfcap.diversity import diversity
 
-    if results_json:  # refuse before decoding, not after
+    metrics.check_options(scorers)  # refuse before decoding, not after
+    if results_json:
         _check_writable(results_json)
     model, words, info = checkpoints.load_model(model_dir, checkpoint)
     data_dir = data_dir or info["data"]["data_dir"]
@@ -97,9 +98,9 @@ def evaluate(
 def _check_writable(path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"results json {path}: directory {directory} does not exist")
+        raise errors.MissingInput(f"results json {path}: directory {directory} does not exist")
     if os.path.isdir(path):
-        raise IsADirectoryError(f"results json {path}: is a directory")
+        raise errors.NotAFile(f"results json {path}: is a directory")
 
 
 def judge(discriminator_dir: str, data_dir: str, split: str, decoded) -> dict[str, float]:
@@ -195,4 +196,4 @@ def report(scores: dict, decoded, refs: dict, examples: int) -> str:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfcap import errors
 from tfcap.data import pipeline, vocab
 from tfcap.model.captioner import Captioner
 
@@ -116,8 +117,17 @@ def decode_split(
 def references(data_dir: str, split: str) -> dict[int, list[str]]:
     """image id -> reference captions, from the dataset's annotations_SPLIT.json."""
     path = os.path.join(data_dir, f"annotations_{split}.json")
+    if not os.path.exists(path):
+        raise errors.MissingInput(
+            f"{path} not found: is {data_dir!r} a dataset written by tfcap.data.prepare?"
+        )
     with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise errors.BadInput(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise errors.BadInput(f'{path}: not COCO caption annotations (no "annotations" list)')
     refs: dict[int, list[str]] = {}
     for a in data["annotations"]:
         refs.setdefault(int(a["image_id"]), []).append(a["caption"])

@@ -25,10 +25,11 @@ import contextlib
 import io
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 
 from absl import app, flags, logging
+
+from tfcap import cli, errors
 
 SCORERS = ("bleu", "meteor", "rouge", "cider", "spice")
 DEFAULT_SCORERS = ("bleu", "meteor", "rouge", "cider")
@@ -60,11 +61,11 @@ def _examples(ids, count: int = 5) -> str:
 
 
 def _load_json(path: str):
-    with open(path, encoding="utf-8") as f:
+    with errors.open_input(path, encoding="utf-8") as f:
         try:
             return json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
+            raise errors.BadInput(f"{path}: not valid JSON ({err})") from err
 
 
 def load_references(path: str) -> dict[int, list[str]]:
@@ -72,14 +73,14 @@ def load_references(path: str) -> dict[int, list[str]]:
     data = _load_json(path)
     anns = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(anns, list):
-        raise ValueError(f'{path}: not COCO caption annotations (no "annotations" list)')
+        raise errors.BadInput(f'{path}: not COCO caption annotations (no "annotations" list)')
     refs: dict[int, list[str]] = {}
     for i, ann in enumerate(anns):
         if not _is_entry(ann):
-            raise ValueError(f'{path}: annotation {i} needs "image_id" (int), "caption" (str)')
+            raise errors.BadInput(f'{path}: annotation {i} needs "image_id" (int), "caption" (str)')
         refs.setdefault(ann["image_id"], []).append(ann["caption"])
     if not refs:
-        raise ValueError(f"{path}: no annotations")
+        raise errors.BadInput(f"{path}: no annotations")
     return refs
 
 
@@ -96,7 +97,7 @@ def load_results(path: str) -> dict[int, str]:
     """{image_id: caption} from a COCO results file; rejects malformed entries and repeats."""
     data = _load_json(path)
     if not isinstance(data, list):
-        raise ValueError(
+        raise errors.BadInput(
             f'{path}: results must be a JSON list of {{"image_id": int, "caption": str}}, '
             f"got {type(data).__name__}"
         )
@@ -104,14 +105,14 @@ def load_results(path: str) -> dict[int, str]:
     repeated = set()
     for i, item in enumerate(data):
         if not _is_entry(item):
-            raise ValueError(
+            raise errors.BadInput(
                 f'{path}: entry {i} needs "image_id" (int) and "caption" (str), got {item!r:.120}'
             )
         if item["image_id"] in cands:
             repeated.add(item["image_id"])
         cands[item["image_id"]] = item["caption"]
     if repeated:
-        raise ValueError(
+        raise errors.BadInput(
             f"{path}: {len(repeated)} image ids appear more than once ({_examples(repeated)})"
         )
     return cands
@@ -125,11 +126,11 @@ def score_files(
     allow_missing: bool = False,
 ) -> dict:
     """Scores a COCO results file against COCO caption annotations (see the module doc)."""
-    _check_options(scorers, cider_backend)
+    check_options(scorers, cider_backend)
     refs, cands = load_references(annotations), load_results(results)
     unknown = set(cands) - set(refs)
     if unknown:
-        raise ValueError(
+        raise errors.BadInput(
             f"{results}: {len(unknown)} image ids are not annotated in {annotations} "
             f"({_examples(unknown)})"
         )
@@ -141,7 +142,7 @@ def score_files(
             f"{annotations} ({len(missing)} missing: {_examples(missing)})"
         )
         if not allow_missing or not cands:
-            raise ValueError(message + ("" if cands else "; nothing to score"))
+            raise errors.BadInput(message + ("" if cands else "; nothing to score"))
         logging.warning("%s; scoring only those (allow_missing)", message)
         notes.append(f"scored {len(cands)} of {len(refs)} annotated images (allow_missing)")
         refs = {i: r for i, r in refs.items() if i in cands}
@@ -151,12 +152,13 @@ def score_files(
     return scores
 
 
-def _check_options(scorers: Sequence[str], cider_backend: str) -> None:
+def check_options(scorers: Sequence[str], cider_backend: str = "pycocoevalcap") -> None:
+    """Raises `tfcap.errors.BadInput` naming an unknown scorer or CIDEr backend."""
     bad = [s for s in scorers if s not in SCORERS]
     if bad or not scorers:
-        raise ValueError(f"unknown scorers {bad or '(none given)'}; choose from {SCORERS}")
+        raise errors.BadInput(f"unknown scorers {bad or '(none given)'}; choose from {SCORERS}")
     if cider_backend not in CIDER_BACKENDS:
-        raise ValueError(f"cider_backend {cider_backend!r} is not one of {CIDER_BACKENDS}")
+        raise errors.BadInput(f"cider_backend {cider_backend!r} is not one of {CIDER_BACKENDS}")
 
 
 def score_captions(
@@ -173,7 +175,7 @@ def score_captions(
         scorers: names from `SCORERS`.
         cider_backend: "pycocoevalcap" or "tfcap" (`CiderD`, df from these references).
     """
-    _check_options(scorers, cider_backend)
+    check_options(scorers, cider_backend)
     if set(refs) != set(cands) or not refs:
         only_refs, only_cands = _examples(set(refs) - set(cands)), _examples(set(cands) - set(refs))
         raise ValueError(
@@ -280,19 +282,16 @@ def _spice(gts, res, notes: list[str]) -> dict[str, float]:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        scores = score_files(
-            _ANNOTATIONS.value,
-            _RESULTS.value,
-            _SCORERS.value,
-            _CIDER_BACKEND.value,
-            _ALLOW_MISSING.value,
-        )
-    except (ValueError, OSError) as err:
-        sys.exit(f"tfcap.metrics: {err}")
+    scores = score_files(
+        _ANNOTATIONS.value,
+        _RESULTS.value,
+        _SCORERS.value,
+        _CIDER_BACKEND.value,
+        _ALLOW_MISSING.value,
+    )
     print(json.dumps(scores))
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["annotations", "results"])
-    app.run(main)
+    cli.run(main)

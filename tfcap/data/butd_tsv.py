@@ -34,6 +34,7 @@ from absl import logging
 
 from tfcap.data import errors
 from tfcap.data.records import ImageRecord
+from tfcap.errors import MissingInput, open_input
 
 FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 _FLOAT32 = np.dtype("<f4")
@@ -47,7 +48,8 @@ def expand_paths(paths: str | Sequence[str]) -> list[str]:
     """Expands globs (each pattern's matches sorted), keeping the given order otherwise.
 
     Raises:
-        FileNotFoundError if a pattern matches nothing or a plain path does not exist.
+        `tfcap.errors.MissingInput` (a FileNotFoundError) if a pattern matches nothing or
+        a plain path does not exist.
     """
     patterns = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
     expanded = []
@@ -55,14 +57,14 @@ def expand_paths(paths: str | Sequence[str]) -> list[str]:
         if any(c in pattern for c in "*?["):
             matches = sorted(glob.glob(pattern))
             if not matches:
-                raise FileNotFoundError(f"no file matches {pattern!r}")
+                raise MissingInput(f"no file matches {pattern!r}")
             expanded.extend(matches)
         elif os.path.exists(pattern):  # Also pipes, e.g. /dev/stdin or <(zcat f.tsv.gz).
             expanded.append(pattern)
         else:
-            raise FileNotFoundError(f"no such file: {pattern!r}")
+            raise MissingInput(f"no such file: {pattern!r}")
     if not expanded:
-        raise FileNotFoundError("no TSV paths given")
+        raise MissingInput("no TSV paths given")
     return expanded
 
 
@@ -129,7 +131,7 @@ def read_tsv(
 
     Args:
         paths: a file, a glob, or a sequence of them; read in order (glob
-            matches sorted). Missing files raise FileNotFoundError at call time.
+            matches sorted). Missing files raise `MissingInput` at call time.
         feature_dim: expected feature width D; None accepts the width of the
             first good record and then requires it of all others.
         image_ids: if given, only these images are decoded and yielded.
@@ -143,7 +145,7 @@ def read_tsv(
         float32 `[regions, dim]` and no captions.
 
     Raises (while iterating, unless skipped):
-        ValueError "PATH:LINE (image ID): reason: detail" for a wrong field
+        `BadInput` (a ValueError) "PATH:LINE (image ID): reason: detail" for a wrong field
         count, a non-integer field, bad base64, a byte length that disagrees
         with num_boxes and the feature dim, num_boxes <= 0, a non-positive
         image size, or NaN/Inf values.
@@ -168,7 +170,7 @@ def _iter_records(
     for path in files:
         logging.info("Reading region features from %s", path)
         yielded = 0
-        with open(path, "rb") as f:
+        with open_input(path, "rb") as f:
             for lineno, line in enumerate(f, start=1):
                 where = f"{path}:{lineno}"
                 line = line.rstrip(b"\r\n")

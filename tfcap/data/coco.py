@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from absl import logging
 
 from tfcap.data import errors
+from tfcap.errors import BadInput, open_input
 
 # Karpathy split name -> our split; "restval" (the 30k val2014 images not in
 # val/test) joins train, giving the usual 113,287 / 5,000 / 5,000.
@@ -49,26 +50,27 @@ class HasCaptions(Protocol):
     captions: Sequence[str]
 
 
-def _load_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
+def load_json(path: str) -> Any:
+    """The content of a json file the user named (`MissingInput`, `BadInput` naming it)."""
+    with open_input(path, encoding="utf-8") as f:
+        try:
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a JSON file ({err})") from err
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise BadInput(f"{path}: not a JSON file ({err})") from err
 
 
 def _require(obj: Any, keys: Sequence[str], path: str, what: str) -> None:
-    """Raises ValueError naming `path` and `what` unless `obj` is a dict holding `keys`."""
+    """Raises BadInput naming `path` and `what` unless `obj` is a dict holding `keys`."""
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: {what} must be a JSON object, got {type(obj).__name__}")
+        raise BadInput(f"{path}: {what} must be a JSON object, got {type(obj).__name__}")
     missing = [k for k in keys if k not in obj]
     if missing:
-        raise ValueError(f"{path}: {what} is missing key(s) {', '.join(map(repr, missing))}")
+        raise BadInput(f"{path}: {what} is missing key(s) {', '.join(map(repr, missing))}")
 
 
 def _require_list(obj: Any, path: str, what: str) -> list:
     if not isinstance(obj, list):
-        raise ValueError(f"{path}: {what} must be a JSON list, got {type(obj).__name__}")
+        raise BadInput(f"{path}: {what} must be a JSON list, got {type(obj).__name__}")
     return obj
 
 
@@ -88,11 +90,12 @@ def read_karpathy(path: str) -> dict[str, list[CaptionedImage]]:
         images counted as train.
 
     Raises:
-        ValueError naming the file (and the image's index and id) when the file is
-        not JSON, a key is missing, a list is not a list, a split is unknown, a
-        caption is not a string or an id repeats.
+        `tfcap.errors.MissingInput` when the file does not exist; `BadInput` (a
+        ValueError) naming the file (and the image's index and id) when it is not
+        JSON, a key is missing, a list is not a list, a split is unknown, a caption
+        is not a string or an id repeats.
     """
-    data = _load_json(path)
+    data = load_json(path)
     _require(data, ["images"], path, "top level")
     splits: dict[str, list[CaptionedImage]] = {name: [] for name in ("train", "val", "test")}
     seen: set[int] = set()
@@ -102,12 +105,12 @@ def read_karpathy(path: str) -> dict[str, list[CaptionedImage]]:
         image_id = image["cocoid"]
         what = f"images[{index}] (cocoid {image_id})"
         if not _is_int(image_id):
-            raise ValueError(f"{path}: {what}: cocoid must be an integer")
+            raise BadInput(f"{path}: {what}: cocoid must be an integer")
         if image_id in seen:
-            raise ValueError(f"{path}: {what}: cocoid appears twice")
+            raise BadInput(f"{path}: {what}: cocoid appears twice")
         seen.add(image_id)
         if image["split"] not in KARPATHY_SPLITS:
-            raise ValueError(
+            raise BadInput(
                 f"{path}: {what}: unknown split {image['split']!r}, "
                 f"expected one of {sorted(KARPATHY_SPLITS)}"
             )
@@ -115,7 +118,7 @@ def read_karpathy(path: str) -> dict[str, list[CaptionedImage]]:
         for j, sentence in enumerate(_require_list(image["sentences"], path, f"{what} sentences")):
             _require(sentence, ["raw"], path, f"{what} sentences[{j}]")
             if not isinstance(sentence["raw"], str):
-                raise ValueError(
+                raise BadInput(
                     f"{path}: {what} sentences[{j}]: raw is not a string: {sentence['raw']!r:.80}"
                 )
             captions.append(sentence["raw"])
@@ -146,21 +149,22 @@ def read_coco_annotations(
         captions of its annotations in file order (empty if it has none).
 
     Raises:
-        ValueError naming the file (and the annotation's id and image id) for a
+        `tfcap.errors.MissingInput` when the file does not exist; `BadInput` (a
+        ValueError) naming the file (and the annotation's id and image id) for a
         file that is not JSON, missing top-level or image keys, `images` or
         `annotations` not a list, an image id that is not an integer or repeats,
         and (unless skipped) bad annotations.
     """
     bad, owned = errors.resolve(skip_bad)
-    data = _load_json(path)
+    data = load_json(path)
     _require(data, ["images", "annotations"], path, "top level")
     names: dict[int, str] = {}
     for index, image in enumerate(_require_list(data["images"], path, '"images"')):
         _require(image, ["id"], path, f"images[{index}]")
         if not _is_int(image["id"]):
-            raise ValueError(f"{path}: images[{index}]: id is not an integer: {image['id']!r:.80}")
+            raise BadInput(f"{path}: images[{index}]: id is not an integer: {image['id']!r:.80}")
         if image["id"] in names:
-            raise ValueError(f"{path}: images[{index}]: image id {image['id']} appears twice")
+            raise BadInput(f"{path}: images[{index}]: image id {image['id']} appears twice")
         names[image["id"]] = image.get("file_name", "")
     captions: dict[int, list[str]] = {image_id: [] for image_id in names}
     for index, ann in enumerate(_require_list(data["annotations"], path, '"annotations"')):

@@ -2,7 +2,8 @@
 
 Every reader in `tfcap.data` takes `skip_bad: bool | BadRecords`:
 
-- `False` (the default): the first bad record raises `ValueError("WHERE: WHY")`.
+- `False` (the default): the first bad record raises `tfcap.errors.BadInput("WHERE: WHY")`
+  (a `ValueError`).
 - `True`: bad records are skipped, logged (the first few), and a summary is
   logged when the reader finishes.
 - a `BadRecords` instance: bad records are skipped and tallied into it, so one
@@ -30,12 +31,14 @@ import collections
 
 from absl import logging
 
+from tfcap.errors import BadInput
+
 
 class BadRecords:
     """Tally of skipped records, or (with `raise_errors=True`) the policy to raise.
 
     Args:
-        raise_errors: bool. If True, `add` raises `ValueError` instead of counting.
+        raise_errors: bool. If True, `add` raises `BadInput` (a `ValueError`) instead of counting.
         max_logged: int. How many skipped records are logged one by one (warning).
         max_examples: int. How many `"where: why"` strings `examples` keeps.
     """
@@ -49,10 +52,10 @@ class BadRecords:
         self.examples: list[str] = []
 
     def add(self, where: str, why: str) -> None:
-        """Records one bad record (or raises `ValueError(f"{where}: {why}")`)."""
+        """Records one bad record (or raises `BadInput(f"{where}: {why}")`)."""
         message = f"{where}: {why}"
         if self.raise_errors:
-            raise ValueError(message) from None  # Hide the reader's internal exception.
+            raise BadInput(message) from None  # Hide the reader's internal exception.
         self.count += 1
         self.by_reason[why.split(":", 1)[0]] += 1
         if len(self.examples) < self.max_examples:

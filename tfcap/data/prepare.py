@@ -23,8 +23,9 @@ import os
 
 from absl import app, flags, logging
 
-from tfcap import cli_flags
+from tfcap import cli, cli_flags
 from tfcap.data import butd_tsv, coco, errors, pipeline, records, shapes, vocab, writer
+from tfcap.errors import BadInput
 from tfcap.features import source as images_source  # --images, --detector_handle, --backbone_*
 from tfcap.rewards import cider
 
@@ -149,6 +150,7 @@ def _captions_and_source():
         return _images_captions_and_source()
     if not _BUTD_TSV.value:
         raise app.UsageError(f"--source={_SOURCE.value} needs --butd_tsv feature files")
+    butd_tsv.expand_paths(_BUTD_TSV.value)  # a missing file fails now, not in a writer
     src = TsvSource(tuple(_BUTD_TSV.value), _FEATURE_DIM.value)
     if _SOURCE.value == "karpathy":
         if not _KARPATHY_JSON.value:
@@ -194,12 +196,12 @@ def _images_captions_and_source():
 def build_vocab(split_images, min_count: int, max_len: int):
     """Tokenizes every caption; returns the vocab and image id -> caption ids."""
     if not split_images.get("train"):
-        raise ValueError("the train split is empty: the vocabulary is built from it")
+        raise BadInput("the train split is empty: the vocabulary is built from it")
     ids_by_image: dict[int, tuple[tuple[int, ...], ...]] = {}
     tokens_by_split = {}
     for split, images in split_images.items():
         if not images:
-            raise ValueError(f"split {split!r} has no images")
+            raise BadInput(f"split {split!r} has no images")
         flat = [c for im in images for c in im.captions]
         tokens_by_split[split] = (images, vocab.tokenize_py(flat))
     v = vocab.Vocab.build(tokens_by_split["train"][1], min_count=min_count)
@@ -229,6 +231,7 @@ def _num_shards(split_images) -> dict[str, int]:
 
 def prepare() -> dict:
     """Runs the whole preparation from the flags; returns dataset.json's content."""
+    writer.check_output_dir(cli_flags.OUTPUT_DIR.value, _OVERWRITE.value)  # before any work
     split_images, source = _captions_and_source()
     for split, ims in split_images.items():
         logging.info(
@@ -242,7 +245,7 @@ def prepare() -> dict:
     captions_by_image = {im.image_id: im.captions for ims in split_images.values() for im in ims}
     for image_id, split, shard in writer.iter_assigned(order, num_shards):
         if image_id in assignments:
-            raise ValueError(
+            raise BadInput(
                 f"image {image_id} is in split {split} and {assignments[image_id].split}"
             )
         captions, ids = captions_by_image[image_id], ids_by_image[image_id]
@@ -268,7 +271,7 @@ def prepare() -> dict:
         for split, ims in split_images.items():
             kept = [im for im in ims if im.image_id in written_ids]
             if not kept:
-                raise ValueError(f"split {split!r}: none of its {len(ims)} images has features")
+                raise BadInput(f"split {split!r}: none of its {len(ims)} images has features")
             coco.write_coco_annotations(
                 os.path.join(staging.path, f"annotations_{split}.json"), kept
             )
@@ -285,7 +288,7 @@ def prepare() -> dict:
 def _metadata(split_images, stats, bad, v, num_shards) -> dict:
     dims = {s["feature_dim"] for s in stats.values()}
     if len(dims) != 1:
-        raise ValueError(f"shards disagree on the feature dim: {sorted(dims)}")
+        raise BadInput(f"shards disagree on the feature dim: {sorted(dims)}")
     splits = {}
     for split in split_images:
         mine = [stats[name] for name in sorted(stats) if stats[name]["split"] == split]
@@ -330,4 +333,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("output_dir")
-    app.run(main)
+    cli.run(main)

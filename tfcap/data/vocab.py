@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfcap import errors
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -95,14 +97,15 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str) -> Vocab:
-        with open(path, encoding="utf-8") as f:
+        """The vocabulary in `path`; `tfcap.errors.MissingInput` or `BadInput` naming it."""
+        with errors.open_input(path, encoding="utf-8") as f:
             words = [line.rstrip("\n") for line in f]
         if words and words[-1] == "":
             words.pop()
         try:
             return cls(words)
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise errors.BadInput(f"{path}: {e}") from None
 
     def save(self, path: str) -> None:
         tmp = f"{path}.tmp"

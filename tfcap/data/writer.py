@@ -27,6 +27,7 @@ from typing import Any
 from absl import logging
 
 from tfcap.data import errors, records
+from tfcap.errors import BadInput, OutputExists
 
 # A source is a picklable callable: (wanted image ids, where to count bad records)
 # -> ImageRecords (in any order).
@@ -105,7 +106,7 @@ def _write_worker(task: _Task) -> dict[str, Any]:
             s = stats[shard_name(a.split, a.shard, task.num_shards[a.split])]
             n, dim = record.features.shape
             if s["feature_dim"] not in (None, dim):
-                raise ValueError(
+                raise BadInput(
                     f"{where}: feature dim {dim}, earlier records have {s['feature_dim']}"
                 )
             s["feature_dim"] = dim
@@ -203,19 +204,25 @@ def write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Raises `tfcap.errors.OutputExists` (a FileExistsError) unless `output_dir` may
+    become a new dataset: absent, empty, or non-empty with `overwrite`."""
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise OutputExists(f"{output_dir} is not empty; pass --overwrite to replace it")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise OutputExists(f"{output_dir} exists and is not a directory")
+
+
 class StagingDir:
     """A directory beside `output_dir` that replaces it on `commit()`.
 
-    Refuses a non-empty `output_dir` unless `overwrite`; the old content is
-    removed only after the new one is in place.
+    Refuses a non-empty `output_dir` unless `overwrite` (`check_output_dir`); the
+    old content is removed only after the new one is in place.
     """
 
     def __init__(self, output_dir: str, overwrite: bool):
         self.output_dir = os.path.abspath(output_dir)
-        if os.path.isdir(self.output_dir) and os.listdir(self.output_dir) and not overwrite:
-            raise FileExistsError(f"{output_dir} is not empty; pass --overwrite to replace it")
-        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
-            raise FileExistsError(f"{output_dir} exists and is not a directory")
+        check_output_dir(output_dir, overwrite)
         parent = os.path.dirname(self.output_dir)
         os.makedirs(parent, exist_ok=True)
         self.path = tempfile.mkdtemp(prefix=f".{os.path.basename(self.output_dir)}.", dir=parent)

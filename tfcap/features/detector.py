@@ -31,6 +31,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfcap.errors import BadInput
+from tfcap.features import handles
+
 REQUIRED_OUTPUTS = ("detection_boxes", "detection_scores")
 
 
@@ -162,19 +165,17 @@ def load_detector(handle: str) -> tuple[Any, Callable[[tf.Tensor], dict]]:
     [0, 1] for models whose input is float, and calls a `serving_default` signature when the
     model itself is not callable.
     """
-    import tensorflow_hub as hub
-
-    model = hub.load(handle)
+    model = handles.load(handle, "detector")
     if callable(model):
         fn, name, spec = model, None, _input_spec(model.__call__)
     elif "serving_default" in getattr(model, "signatures", {}):
         fn = model.signatures["serving_default"]
         inputs = fn.structured_input_signature[1]
         if len(inputs) != 1:
-            raise ValueError(f"{handle}: serving_default must take one image input, got {inputs}")
+            raise BadInput(f"{handle}: serving_default must take one image input, got {inputs}")
         ((name, spec),) = inputs.items()
     else:
-        raise ValueError(f"{handle}: the SavedModel is neither callable nor has serving_default")
+        raise BadInput(f"{handle}: the SavedModel is neither callable nor has serving_default")
     float_input = spec is not None and spec.dtype.is_floating
 
     def detect(images: tf.Tensor) -> dict:
@@ -182,7 +183,7 @@ def load_detector(handle: str) -> tuple[Any, Callable[[tf.Tensor], dict]]:
         out = fn(**{name: x}) if name else fn(x)
         missing = [k for k in REQUIRED_OUTPUTS if not isinstance(out, dict) or k not in out]
         if missing:
-            raise ValueError(
+            raise BadInput(
                 f"{handle}: detector outputs lack {missing} (has "
                 f"{sorted(out) if isinstance(out, dict) else 'one tensor'}); a TF2 "
                 "Object Detection API model is needed"
@@ -326,7 +327,7 @@ class RegionExtractor(tf.Module):
             self.backbone_model = self._backbone.model  # tracked: saved with the module
             self.feature_dim = int(self._backbone(probe).shape[-1])
         else:
-            raise ValueError(f"{handle} gives no detection_features: a backbone handle is needed")
+            raise BadInput(f"{handle} gives no detection_features: a backbone handle is needed")
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     def __call__(self, image):

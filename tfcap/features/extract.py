@@ -33,7 +33,7 @@ from typing import Any
 import tensorflow as tf
 from absl import app, flags, logging
 
-from tfcap import cli_flags
+from tfcap import cli, cli_flags
 from tfcap.data import (
     pipeline,
     prepare,  # noqa: F401  (defines --output_dir, --overwrite, --num_shards, ...)
@@ -41,6 +41,7 @@ from tfcap.data import (
     vocab,
     writer,
 )
+from tfcap.errors import BadInput, OutputExists
 from tfcap.features import images as images_lib
 from tfcap.features import source
 
@@ -80,6 +81,8 @@ def _settings(paths: Sequence[str], config: source.ExtractorConfig, shards: int,
 def _open_manifest(output_dir: str, settings: dict, overwrite: bool) -> dict:
     """The progress of an earlier run with the same settings, or a fresh one."""
     path = os.path.join(output_dir, MANIFEST)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise OutputExists(f"{output_dir} exists and is not a directory")
     os.makedirs(output_dir, exist_ok=True)
     if overwrite:
         for name in os.listdir(output_dir):
@@ -91,15 +94,18 @@ def _open_manifest(output_dir: str, settings: dict, overwrite: bool) -> dict:
                 os.remove(os.path.join(output_dir, name))
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-        if manifest.get("settings") != settings:
-            raise FileExistsError(
+            try:
+                manifest = json.load(f)
+            except json.JSONDecodeError as err:
+                raise BadInput(f"{path}: not valid JSON ({err}); pass --overwrite") from None
+        if not isinstance(manifest, dict) or manifest.get("settings") != settings:
+            raise OutputExists(
                 f"{output_dir} holds an extraction with other settings (images, models, "
                 "policy, shards or dtype); pass --overwrite to start again"
             )
         return manifest
     if os.listdir(output_dir):
-        raise FileExistsError(f"{output_dir} is not empty; pass --overwrite to replace it")
+        raise OutputExists(f"{output_dir} is not empty; pass --overwrite to replace it")
     return {"settings": settings, "shards": {}}
 
 
@@ -262,4 +268,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

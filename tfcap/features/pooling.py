@@ -16,10 +16,14 @@ size and all boxes go through one op.
 from __future__ import annotations
 
 import importlib
+import os
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
+
+from tfcap.errors import BadInput, MissingInput
+from tfcap.features import handles
 
 
 def resized_shape(height, width, min_side: int, max_side: int) -> tf.Tensor:
@@ -64,13 +68,11 @@ class Backbone:
         max_side: int = 1000,
     ):
         if (handle is None) == (app is None):
-            raise ValueError("give exactly one of a backbone handle and a Keras application")
+            raise BadInput("give exactly one of a backbone handle and a Keras application")
         self.min_side, self.max_side = min_side, max_side
         self.name = handle or app
         if handle is not None:
-            import tensorflow_hub as hub
-
-            self.model = hub.load(handle)
+            self.model = handles.load(handle, "backbone")
             self._fn = self.model if callable(self.model) else self._signature(handle)
             self._preprocess = lambda x: x / 255.0
         else:
@@ -81,9 +83,7 @@ class Backbone:
     def _signature(self, handle: str):
         signature = self.model.signatures.get("serving_default")
         if signature is None:
-            raise ValueError(
-                f"{handle}: the SavedModel is neither callable nor has serving_default"
-            )
+            raise BadInput(f"{handle}: the SavedModel is neither callable nor has serving_default")
         (name,) = signature.structured_input_signature[1]
         return lambda x: signature(**{name: x})
 
@@ -95,10 +95,10 @@ class Backbone:
         if isinstance(out, dict):
             maps = [v for v in out.values() if v.shape.rank == 4]
             if len(maps) != 1:
-                raise ValueError(f"{self.name}: expected one rank-4 output, got {out}")
+                raise BadInput(f"{self.name}: expected one rank-4 output, got {out}")
             out = maps[0]
         if out.shape.rank != 4 or out.shape[0] not in (1, None):
-            raise ValueError(
+            raise BadInput(
                 f"{self.name}: backbone must return [1, h, w, channels], got {out.shape}"
             )
         return tf.cast(out[0], tf.float32)
@@ -109,10 +109,12 @@ def _keras_app(name: str, weights: str | None):
     import keras
 
     if not weights:
-        raise ValueError(f"--backbone_app={name} needs a local weights file (no downloads here)")
+        raise BadInput(f"--backbone_app={name} needs a local weights file (no downloads here)")
+    if not os.path.isfile(weights):
+        raise MissingInput(f"backbone weights {weights}: no such file")
     constructor = getattr(keras.applications, name, None)
     if constructor is None or not callable(constructor):
-        raise ValueError(f"keras.applications has no model {name!r}")
+        raise BadInput(f"keras.applications has no model {name!r}")
     model = constructor(include_top=False, weights=weights, input_shape=(None, None, 3))
     preprocess = importlib.import_module(constructor.__module__).preprocess_input
 

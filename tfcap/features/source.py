@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from tfcap.data import coco, errors, records
+from tfcap.errors import BadInput
 from tfcap.features import detector as detector_lib
 from tfcap.features import images as images_lib
 from tfcap.features import pooling
@@ -145,7 +146,7 @@ class Extractor:
         if not len(dets.scores):
             raise images_lib.ImageError("no regions: the detector found no boxes")
         if dets.features is None and self.backbone is None:
-            raise ValueError(
+            raise BadInput(
                 f"{self.config.detector_handle} gives no detection_features: a backbone "
                 "(--backbone_handle or --backbone_app) is needed to pool region features"
             )
@@ -249,8 +250,9 @@ def captioned_images(
         images_dir: where the files are; every named file must exist.
 
     Raises:
-        ValueError naming the json and the image when a `file_name` is missing or the file
-        is not found under `images_dir`.
+        `tfcap.errors.BadInput` (a ValueError) naming the json and the image when a
+        `file_name` is missing or the file is not found under `images_dir`; the json
+        readers' errors (`tfcap.data.coco`).
     """
     if isinstance(captions_json, Mapping):
         splits = {s: coco.read_coco_annotations(p) for s, p in captions_json.items()}
@@ -261,9 +263,9 @@ def captioned_images(
     for split, ims in splits.items():
         for im in ims:
             if not im.file_name:
-                raise ValueError(f"{captions_json}: image {im.image_id} ({split}) has no file_name")
+                raise BadInput(f"{captions_json}: image {im.image_id} ({split}) has no file_name")
             if not os.path.exists(resolve_path(images_dir, im.file_name)):
-                raise ValueError(
+                raise BadInput(
                     f"{captions_json}: image {im.image_id} ({split}): file {im.file_name!r} "
                     f"not found in {images_dir}"
                 )
@@ -277,9 +279,9 @@ def file_pairs(splits: Mapping[str, list[coco.CaptionedImage]]) -> tuple[tuple[i
 
 
 def _is_karpathy(path: str) -> bool:
-    import json
-
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    images = data.get("images") if isinstance(data, dict) else None
-    return "annotations" not in data and bool(images) and "split" in images[0]
+    data = coco.load_json(path)
+    if not isinstance(data, dict) or "annotations" in data:
+        return False  # COCO (or not captions: read_coco_annotations says what is wrong)
+    images = data.get("images")
+    first = images[0] if isinstance(images, list) and images else None
+    return isinstance(first, dict) and "split" in first
