@@ -264,20 +264,25 @@ MIRRORED = textwrap.dedent(
             model = Discriminator(meta["vocab_size"], embed_dim=8, hidden=16, dropout=0.0,
                                   encoder="cnn")
             model.build((None, None, meta["feature_dim"]))
-            opt = keras.optimizers.Adam(1e-2)
+            # SGD, several steps: an update off by the replica count would show
+            opt = keras.optimizers.SGD(0.5)
             opt.build(model.trainable_variables)
+        start = [v.numpy() for v in model.trainable_variables]
         step = dstep.make_d_step(strat, model, opt, config)
         data = tf.data.Dataset.from_tensors((batch, fake))
         dist_batch, dist_fake = next(iter(strat.experimental_distribute_dataset(data)))
-        metrics = step(dist_batch, dist_fake)
+        for _ in range(3):
+            metrics = step(dist_batch, dist_fake)
         keep = ("loss", "grad_norm", "acc_real", "acc_fake", "p_real", "p_fake")
-        return {k: float(metrics[k]) for k in keep}, [v.numpy() for v in model.trainable_variables]
+        end = [v.numpy() for v in model.trainable_variables]
+        moved = max(float(np.max(np.abs(a - b))) for a, b in zip(start, end))
+        return {k: float(metrics[k]) for k in keep}, end, moved
 
-    one, w1 = run(tf.distribute.get_strategy())
-    two, w2 = run(strategy)
+    one, w1, moved = run(tf.distribute.get_strategy())
+    two, w2, _ = run(strategy)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(w1, w2))
     print(json.dumps({"replicas": strategy.num_replicas_in_sync, "one": one, "two": two,
-                      "max_weight_diff": diff}))
+                      "max_weight_diff": diff, "max_weight_move": moved}))
     """
 )
 
@@ -287,4 +292,5 @@ def test_mirrored_two_replicas_equal_one_device(shapes_dir):
     assert result["replicas"] == 2
     for key, value in result["one"].items():
         assert abs(value - result["two"][key]) < 1e-4, (key, result)
+    assert result["max_weight_move"] > 1e-2  # the steps did move the weights
     assert result["max_weight_diff"] < 1e-5

@@ -16,7 +16,7 @@ import tensorflow as tf
 from conftest import run_script_json, run_train
 
 from tfcap import checkpoints
-from tfcap.training import gan, updates, xe
+from tfcap.training import gan, updates
 from tfcap.training.guard import NonFiniteError
 
 

@@ -1,12 +1,14 @@
 """SCST and GAN: reward masking and shapes, baselines, the policy gradient's sign,
 rewards equal to the scorers, and resume across the xe -> scst -> gan boundaries."""
 
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import run_train
 
-from tfcap import checkpoints
+from tfcap import checkpoints, errors
 from tfcap.data import vocab
 from tfcap.model.captioner import Captioner
 from tfcap.rewards import bleu, cider
@@ -48,13 +50,12 @@ def test_policy_loss_ignores_tokens_after_eos():
     a = tf.constant([[5, 6, 2, 0, 0, 0], [7, 2, 0, 0, 0, 0]])
     b = tf.constant([[5, 6, 2, 9, 9, 9], [7, 2, 4, 4, 4, 4]])  # garbage after <eos>
     loss_a, _ = scst.policy_loss(model, feats, mask, a, adv, tf.constant(5.0))
-    loss_b, _ = scst.policy_loss(model, feats, mask, scst_ids_masked(b), adv, tf.constant(5.0))
+    loss_b, _ = scst.policy_loss(model, feats, mask, b, adv, tf.constant(5.0))
     assert float(loss_a) == pytest.approx(float(loss_b), abs=1e-6)
-
-
-def scst_ids_masked(ids):
-    """Samplers zero everything after <eos>; do the same for the garbage rows."""
-    return tf.where(scst.generated_mask(ids), ids, 0)
+    # ...while a token before <eos> does count
+    c = tf.constant([[5, 9, 2, 0, 0, 0], [7, 2, 0, 0, 0, 0]])
+    loss_c, _ = scst.policy_loss(model, feats, mask, c, adv, tf.constant(5.0))
+    assert abs(float(loss_c) - float(loss_a)) > 1e-4
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
@@ -172,3 +173,144 @@ def test_one_pass_step_equals_rescoring_step(baseline):
     np.testing.assert_allclose(float(fast["grad_norm"]), float(slow["grad_norm"]), rtol=1e-4)
     for a, b in zip(fast_w, slow_w, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _refs_of(words_per_image):
+    refs = np.zeros([len(words_per_image), 1, 4], np.int32)
+    for i, ids in enumerate(words_per_image):
+        refs[i, 0, : len(ids) + 1] = [*ids, vocab.EOS_ID]
+    return refs
+
+
+def test_cider_reward_keeps_one_encoding_per_replica():
+    """Two replicas alternating calls (as under MirroredStrategy) do not evict each
+    other's encoded references: each encodes its own once."""
+    words = list(vocab.SPECIALS) + ["a", "b", "c"]
+    scorer = cider.CiderD([["a b"], ["b c"], ["c a"]], vocabulary=words, eos_id=vocab.EOS_ID)
+    calls = []
+    encode = scorer.encode_references
+    scorer.encode_references = lambda refs: calls.append(1) or encode(refs)
+    reward = scst.cider_reward(scorer)
+    mine, theirs = _refs_of([[4, 5], [5, 6]]), _refs_of([[6, 4], [4, 5]])
+    ids, index = np.array([[4, 5, 2], [5, 6, 2]]), np.array([0, 1])
+    first = reward(ids, index, mine, 0)
+    for _ in range(3):  # sample and greedy rewards of both replicas, interleaved
+        other = reward(ids, index, theirs, 1)
+        np.testing.assert_array_equal(reward(ids, index, mine, 0), first)
+    assert len(calls) == 2
+    assert not np.array_equal(first, other)
+
+
+def test_cider_reward_is_right_under_concurrent_replicas():
+    import concurrent.futures
+
+    words = list(vocab.SPECIALS) + ["a", "b", "c"]
+    scorer = cider.CiderD([["a b"], ["b c"], ["c a"]], vocabulary=words, eos_id=vocab.EOS_ID)
+    reward = scst.cider_reward(scorer)
+    refs = [_refs_of([[4, 5], [5, 6]]), _refs_of([[6, 4], [4, 5]]), _refs_of([[5, 5], [6, 6]])]
+    ids, index = np.array([[4, 5, 2], [5, 6, 2]]), np.array([0, 1])
+    want = [scst.cider_reward(scorer)(ids, index, r) for r in refs]
+
+    def replica(r):
+        return all(
+            np.array_equal(reward(ids, index, refs[(r + i) % 3], r), want[(r + i) % 3])
+            for i in range(300)
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        assert all(pool.map(replica, range(3)))
+
+
+def test_tempered_policy_gradient_is_on_policy():
+    """At temperature T the loss differentiated is that of the sampling distribution
+    softmax(logits / T), whichever path computes it."""
+    import keras
+
+    temperature = 0.5
+
+    def reward_fn(batch, ids, per_image):
+        return tf.cast(tf.reduce_sum(ids % 5, 1), tf.float32) / 10.0
+
+    losses = []
+    for rescore in (False, True):
+        model, feats, mask = _tiny_model()
+        optimizer = keras.optimizers.SGD(0.0)
+        optimizer.build(model.trainable_variables)
+        config = scst.SCSTConfig(
+            num_samples=3, baseline="mean", temperature=temperature, rescore=rescore, grad_clip=0
+        )
+        step = scst.make_policy_step(
+            tf.distribute.get_strategy(), model, optimizer, reward_fn, config
+        )
+        batch = {"features": feats, "region_mask": mask, "captions": tf.ones([2, 1, 4], tf.int32)}
+        losses.append(float(step(batch, tf.constant([3, 4], tf.int64))["loss"]))
+    # by hand: the same samples, their tempered log-probabilities by teacher forcing
+    samples = model.generate(
+        feats,
+        mask,
+        method="sample",
+        num_samples=3,
+        temperature=temperature,
+        seed=tf.random.experimental.stateless_fold_in(tf.constant([3, 4], tf.int64), 0),
+    )
+    ids = samples.ids
+    rewards = reward_fn(None, ids, 3)
+    adv = rewards - scst.baseline_of(rewards, 3, "mean")
+    bos = tf.fill([6, 1], vocab.BOS_ID)
+    logits, _ = model.teacher_forcing(feats, mask, tf.concat([bos, ids], 1))
+    token_lp = tf.gather(tf.nn.log_softmax(logits / temperature), ids, batch_dims=2)
+    weights = tf.cast(scst.generated_mask(ids), tf.float32)
+    want = -float(tf.reduce_sum(adv[:, None] * token_lp * weights) / tf.reduce_sum(weights))
+    assert abs(want) > 1e-3
+    np.testing.assert_allclose(losses, [want, want], rtol=1e-4)
+
+
+def _files(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.mark.slow
+def test_resume_inside_gan_leaves_finished_phases_as_they_ended(shapes_dir, tmp_path):
+    """phase_xe/, phase_scst/ and their val scores are written when the phase ends and
+    never again: resuming inside gan leaves them byte for byte."""
+    run = tmp_path / "run"
+    budget = dict(
+        train_steps=3,
+        scst_steps=2,
+        gan_steps=2,
+        d_pretrain_steps=1,
+        num_samples=2,
+        eval_every=100,
+        checkpoint_every=1,
+        keep_checkpoints=20,
+        final_metrics="true",
+    )
+    run_train(shapes_dir, run, phases="xe,scst,gan", **budget)
+    ended = {p: _files(run / f"phase_{p}") for p in ("xe", "scst")}
+    scores = {p: (run / f"scores_{p}_val.json").read_bytes() for p in ("xe", "scst")}
+    run_train(shapes_dir, run, phases="xe,scst,gan", **{**budget, "gan_steps": 4})
+    for p in ("xe", "scst"):
+        assert _files(run / f"phase_{p}") == ended[p], p
+        assert (run / f"scores_{p}_val.json").read_bytes() == scores[p], p
+    # each snapshot is the model of the checkpoint at its phase's end (global steps 3, 5, 9)
+    for phase, step in (("xe", 3), ("scst", 5), ("gan", 9)):
+        model, _, _ = checkpoints.load_model(str(run), phase)
+        at_end = checkpoints.model_at(str(run / "ckpt" / f"ckpt-{step}"))
+        for a, b in zip(model.weights, at_end.weights, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert '"step": 9' in (run / "scores_gan_val.json").read_text()
+
+
+def test_a_phase_stopped_before_its_snapshot_gets_it_on_resume(shapes_dir, tmp_path):
+    run = tmp_path / "run"
+    budget = dict(train_steps=3, scst_steps=2, num_samples=2, eval_every=100, keep_checkpoints=20)
+    run_train(shapes_dir, run, phases="xe,scst", **budget)
+    for phase in ("xe", "scst"):
+        shutil.rmtree(run / f"phase_{phase}")  # as if stopped after its last checkpoint
+    run_train(shapes_dir, run, phases="xe,scst", **budget)
+    # scst's end is still the latest state: written; xe's weights are gone: not faked
+    assert tf.train.latest_checkpoint(str(run / "phase_scst")).endswith("ckpt-5")
+    assert not (run / "phase_xe").exists()
+    # and a finished phase cannot be extended once a later one has begun
+    with pytest.raises(errors.BadInput, match="xe ended at 3 steps and scst has begun"):
+        run_train(shapes_dir, run, phases="xe,scst", **{**budget, "train_steps": 4})

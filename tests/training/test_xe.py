@@ -82,20 +82,25 @@ MIRRORED = textwrap.dedent(
             model = Captioner(meta["vocab_size"], rnn_size=32, embed_dim=16, att_hidden=16,
                               dropout=0.0, max_len=16)
             model.build((None, None, meta["feature_dim"]))
-            opt = keras.optimizers.Adam(1e-2)
+            # SGD and several steps: an update off by the replica count would show
+            opt = keras.optimizers.SGD(1.0)
             opt.build(model.trainable_variables)
+        start = [v.numpy() for v in model.trainable_variables]
         step = xe.make_xe_step(strat, model, opt, xe.XEConfig(grad_clip=0.05))
         dist = strat.experimental_distribute_dataset(
             tf.data.Dataset.from_tensors(batch)).__iter__().__next__()
-        loss, norm = step(dist, tf.constant(0.0), tf.constant([0, 0], tf.int64))
-        return float(loss), float(norm), [v.numpy() for v in model.trainable_variables]
+        for _ in range(3):
+            loss, norm = step(dist, tf.constant(0.0), tf.constant([0, 0], tf.int64))
+        end = [v.numpy() for v in model.trainable_variables]
+        moved = max(float(np.max(np.abs(a - b))) for a, b in zip(start, end))
+        return float(loss), float(norm), end, moved
 
     one = run(tf.distribute.get_strategy())
     two = run(strategy)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(one[2], two[2]))
-    moved = max(float(np.max(np.abs(a))) for a in one[2])
     print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": [one[0], two[0]],
-                      "norm": [one[1], two[1]], "max_weight_diff": diff}))
+                      "norm": [one[1], two[1]], "max_weight_diff": diff,
+                      "max_weight_move": one[3]}))
     """
 )
 
@@ -105,6 +110,7 @@ def test_mirrored_two_replicas_equal_one_device(shapes_dir):
     assert result["replicas"] == 2
     assert abs(result["loss"][0] - result["loss"][1]) < 1e-5
     assert abs(result["norm"][0] - result["norm"][1]) < 1e-4
+    assert result["max_weight_move"] > 1e-2  # the steps did move the weights
     assert result["max_weight_diff"] < 1e-5
 
 
@@ -124,8 +130,25 @@ def test_train_writes_model_dir_and_resumes_exactly(shapes_dir, tmp_path):
     assert tf.train.latest_checkpoint(str(run / "ckpt")).endswith("ckpt-6")
     for a, b in zip(_weights(tmp_path / "whole"), _weights(run), strict=True):
         np.testing.assert_array_equal(a, b)
+    _assert_best_is_the_best_validation(run, shapes_dir)
+
+
+def _assert_best_is_the_best_validation(run, data_dir):
+    """best.json names the validation with the highest CIDEr-D (TensorBoard's record),
+    and best/ holds weights that score exactly that."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tfcap.training.validation import Validator
+
+    events = EventAccumulator(str(run / "val")).Reload().Tensors("xe/CIDEr")
+    logged = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in events}
     best = json.loads((run / "best.json").read_text())
-    assert best["step"] in (3, 6) and best["CIDEr"] >= 0
+    assert set(logged) == {3, 6}
+    assert best["step"] == max(logged, key=logged.get)
+    assert best["CIDEr"] == pytest.approx(logged[best["step"]], rel=1e-6)
+    model, _, _ = checkpoints.load_model(str(run), "best")
+    score, _ = Validator(model, str(data_dir), images=best["val_images"], batch_size=10).cider()
+    assert score == pytest.approx(best["CIDEr"], rel=1e-5)
 
 
 def test_checkpoint_round_trip_gives_identical_decoding(shapes_dir, tmp_path):
@@ -161,3 +184,38 @@ def test_tensorboard_logs_training_and_validation(shapes_dir, tmp_path):
     assert picture.step == 4
     png = tf.make_ndarray(picture.tensor_proto)[2]  # [width, height, encoded png]
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _train_process(data_dir, model_dir, *flags):
+    """`python -m tfcap.train` in a fresh process (the CPU split into 2 devices)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    argv = [
+        sys.executable,
+        "-m",
+        "tfcap.train",
+        f"--flagfile={REPO / 'configs' / 'smoke.flags'}",
+        f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}",
+        "--deterministic",
+        "--strategy=mirrored",
+        "--num_devices=2",
+        "--eval_every=100",
+        *flags,
+    ]
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_mirrored_resume_mid_epoch_is_exact(shapes_dir, tmp_path):
+    """Two replicas take two batches of their pipeline per step: a resumed run skips
+    twice the steps done (40 images, batch 4: 10 steps an epoch, resumed at 3)."""
+    _train_process(shapes_dir, tmp_path / "whole", "--train_steps=6")
+    _train_process(shapes_dir, tmp_path / "split", "--train_steps=3")
+    _train_process(shapes_dir, tmp_path / "split", "--train_steps=6")
+    for a, b in zip(_weights(tmp_path / "whole"), _weights(tmp_path / "split"), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -107,7 +107,9 @@ def split_files(data_dir: str, split: str) -> list[str]:
     """The shard paths of `split`, sorted; raises when there are none."""
     files = sorted(glob.glob(os.path.join(data_dir, f"{split}-*-of-*.tfrecord")))
     if not files:
-        raise errors.MissingInput(f"no shards for split {split!r} in {data_dir} ({split}-*.tfrecord)")
+        raise errors.MissingInput(
+            f"no shards for split {split!r} in {data_dir} ({split}-*.tfrecord)"
+        )
     return files
 
 
@@ -256,18 +258,17 @@ def make_dataset(
     max_regions = int(max_regions or meta["max_regions"])
     max_len = int(max_caption_len or meta["max_caption_len"])
     files = split_files(data_dir, split)
-    pipes, pid = 1, 0
+    by_record = False
+    if input_context:  # a batch per replica; each step takes one for every replica
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
     if input_context and input_context.num_input_pipelines > 1:
         pipes, pid = input_context.num_input_pipelines, input_context.input_pipeline_id
         if shuffle and seed is None:
             raise ValueError("shuffled input over several workers needs a seed (same order on all)")
-        batch_size = input_context.get_per_replica_batch_size(batch_size)
         per_worker = batch_size * input_context.num_replicas_in_sync // pipes
         need = steps_per_epoch(meta, split, per_worker * pipes) * per_worker
         counts = meta["splits"][split].get("shard_images")
         files, by_record = plan_shards(files, counts, pipes, pid, need)
-    else:
-        by_record = False
 
     def read(path):
         ds = tf.data.TFRecordDataset(path).enumerate()
