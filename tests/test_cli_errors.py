@@ -24,6 +24,38 @@ bad_input = pytest.mark.bad_input
 # {tmp} a fresh directory holding `full/` (not empty) and `features.tsv`.
 CASES = [
     pytest.param(
+        "tfcap.train",
+        ["--data_dir={tmp}/nonexistent", "--model_dir={tmp}/run"],
+        "{tmp}/nonexistent/dataset.json not found",
+        1,
+        marks=bad_input("training input"),
+        id="train-missing-data-dir",
+    ),
+    pytest.param(
+        "tfcap.train",
+        ["--data_dir={data}", "--model_dir={tmp}/run", "--batch_size=1000"],
+        "--batch_size=1000 exceeds the 40 train images",
+        1,
+        marks=bad_input("training input"),
+        id="train-batch-over-split",
+    ),
+    pytest.param(
+        "tfcap.train",
+        ["--data_dir={data}", "--model_dir={tmp}/run", "--baseline=mean", "--num_samples=1"],
+        "--baseline=mean needs --num_samples >= 2",
+        2,
+        marks=bad_input("training input"),
+        id="train-inconsistent-flags",
+    ),
+    pytest.param(
+        "tfcap.train",
+        ["--data_dir={data}"],
+        "--model_dir is required",
+        2,
+        marks=bad_input("training input"),
+        id="train-no-model-dir",
+    ),
+    pytest.param(
         "tfcap.evaluate",
         ["--model_dir={tmp}/nonexistent"],
         "{tmp}/nonexistent/model.json not found",

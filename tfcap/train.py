@@ -340,6 +340,8 @@ def main(argv):
     for holder in (cli_flags.DATA_DIR, cli_flags.MODEL_DIR):
         if not holder.value:
             raise app.UsageError(f"--{holder.name} is required")
+    if _BASELINE.value == "mean" and _NUM_SAMPLES.value < 2:
+        raise app.UsageError("--baseline=mean needs --num_samples >= 2 (the other samples' mean)")
     strategy = distribute.make_strategy(_STRATEGY.value, _NUM_DEVICES.value)  # before any TF op
     import keras
     import tensorflow as tf
@@ -352,6 +354,7 @@ def main(argv):
         keras.utils.set_random_seed(cli_flags.SEED.value)
         tf.config.experimental.enable_op_determinism()
     meta = pipeline.load_metadata(cli_flags.DATA_DIR.value)
+    pipeline.steps_per_epoch(meta, "train", cli_flags.BATCH_SIZE.value)  # a batch it can fill
     with strategy.scope():
         model = _build_model(meta)
     model_dir = cli_flags.MODEL_DIR.value

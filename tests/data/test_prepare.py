@@ -123,7 +123,10 @@ def test_outputs_and_references_accepted_by_pycocoevalcap(shapes_dir):
 
 def test_dataset_json_describes_the_shards(shapes_dir):
     meta = pipeline.load_metadata(str(shapes_dir))
-    assert meta["splits"]["train"] == {"images": 40, "captions": 200, "shards": 2}
+    train = meta["splits"]["train"]
+    assert train == {"images": 40, "captions": 200, "shards": 2, "shard_images": [20, 20]}
+    files = pipeline.split_files(str(shapes_dir), "train")
+    assert [pipeline.check_shards([f]) for f in files] == train["shard_images"]
     assert meta["features_dtype"] == "float32" and meta["feature_dim"] == 16
     assert meta["vocab_size"] == len(pipeline.load_vocab(str(shapes_dir)))
     assert pipeline.check_shards(pipeline.split_files(str(shapes_dir), "train")) == 40
