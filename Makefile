@@ -25,7 +25,7 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bazel-test: venv
 	bash .ci/bazel_test
