@@ -9,6 +9,7 @@ replays a run: --flagfile=MODEL_DIR/flags.txt.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
@@ -31,6 +32,12 @@ _TEXT_ATTENTION = flags.DEFINE_bool(
     "text_attention", None, "Override the preset: the seed paper's attention over past states."
 )
 _DROPOUT = flags.DEFINE_float("dropout", None, "Override the preset's dropout.", lower_bound=0)
+_FEATURE_EMBED = flags.DEFINE_bool(
+    "feature_embed",
+    None,
+    "Override the preset: embed regions and their mean (Dense + ReLU + dropout into the "
+    "rnn width) before the LSTMs.",
+)
 _STRATEGY = flags.DEFINE_enum(
     "strategy", "default", list(distribute.STRATEGIES), "tf.distribute strategy."
 )
@@ -211,6 +218,8 @@ def _build_model(trainer_meta):
         overrides["text_attention"] = _TEXT_ATTENTION.value
     if _DROPOUT.value is not None:
         overrides["dropout"] = _DROPOUT.value
+    if _FEATURE_EMBED.value is not None:
+        overrides["feature_embed"] = _FEATURE_EMBED.value
     if _MIXED_PRECISION.value:
         overrides["dtype"] = "mixed_bfloat16"
     model = Captioner.from_preset(_PRESET.value, trainer_meta["vocab_size"], **overrides)
@@ -233,10 +242,13 @@ def _check_model_dir(model_dir: str, model) -> None:
         with open(path, encoding="utf-8") as f:
             old = json.load(f)["captioner"]
         new = model.get_config()
+        defaults = {  # a config written before an argument existed holds its default
+            k: p.default for k, p in inspect.signature(type(model)).parameters.items()
+        }
         diff = {
-            k: (old.get(k), new.get(k))
+            k: (old.get(k, defaults.get(k)), new.get(k))
             for k in set(old) | set(new)
-            if k not in ("name", "trainable", "dtype") and old.get(k) != new.get(k)
+            if k not in ("name", "trainable", "dtype") and old.get(k, defaults.get(k)) != new.get(k)
         }
         if diff:
             raise app.UsageError(

@@ -31,7 +31,7 @@ class Captioner(keras.Model):
 
     Args:
         vocab_size, rnn_size, embed_dim, att_hidden, dropout, text_attention,
-        max_len: as in `tfcap.model.updown.UpDownCore`.
+        max_len, feature_embed: as in `tfcap.model.updown.UpDownCore`.
 
     Call arguments:
         inputs: dict with `features` float `[batch, regions, dim]`, optional
@@ -63,6 +63,7 @@ class Captioner(keras.Model):
         dropout=0.5,
         text_attention=False,
         max_len=16,
+        feature_embed=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -80,6 +81,7 @@ class Captioner(keras.Model):
             dropout=dropout,
             text_attention=text_attention,
             max_len=max_len,
+            feature_embed=feature_embed,
             dtype=self.dtype_policy,
             name="core",
         )
@@ -134,14 +136,15 @@ class Captioner(keras.Model):
         captions = tf.reshape(captions, [-1, length])  # [rows, length]
         self._check_history(captions.shape[1], extra=1)
         self._ensure_built(features)
-        static = self._tile(self._precompute(features, region_mask), features, captions)
+        static = self._precompute(features, region_mask, training)
+        static = self._tile(static, features, captions)
         scheduled = not (isinstance(sample_prob, float | int) and sample_prob == 0)
         seed = as_seed(seed) if scheduled else None
         inputs = tf.cast(captions[:, :-1], tf.int32)  # [rows, time]
         return self._unroll(static, inputs, training, sample_prob if scheduled else None, seed)
 
-    def _precompute(self, features, region_mask):
-        static = self.core.precompute(features, region_mask)
+    def _precompute(self, features, region_mask, training=False):
+        static = self.core.precompute(features, region_mask, training=training)
         if not self.hoist_mean_gates:
             del static["mean_gates"]  # the core then projects the mean at every step
         return static
@@ -304,6 +307,7 @@ class Captioner(keras.Model):
             "dropout": core.dropout,
             "text_attention": core.text_attention,
             "max_len": self.max_len,
+            "feature_embed": core.feature_embed,
         }
 
 

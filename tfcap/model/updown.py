@@ -133,6 +133,9 @@ class UpDownCore(keras.layers.Layer):
         suppressed_ids: sequence of int. Tokens never predicted: their logits
             are set to -1e9 (default `<pad>` and `<bos>`), in training and decoding
             alike, so sampled and re-scored log-probabilities agree.
+        feature_embed: bool. Embed the regions and, separately, their mean into
+            `rnn_size` (Dense + ReLU + dropout, once per image) before the LSTMs
+            and the attention use them; False feeds the raw features.
 
     >>> core = UpDownCore(vocab_size=7, rnn_size=4, embed_dim=3, att_hidden=2)
     >>> static = core.precompute(tf.zeros([2, 5, 6]), tf.ones([2, 5], tf.bool))
@@ -152,9 +155,11 @@ class UpDownCore(keras.layers.Layer):
         text_attention=False,
         max_len=16,
         suppressed_ids=(PAD_ID, BOS_ID),
+        feature_embed=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.feature_embed = feature_embed
         self.vocab_size = vocab_size
         self.rnn_size = rnn_size
         self.embed_dim = embed_dim
@@ -177,10 +182,21 @@ class UpDownCore(keras.layers.Layer):
         self.embed_dropout = keras.layers.Dropout(dropout, name="embed_dropout", dtype=policy)
         self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout", dtype=policy)
         self.logits = keras.layers.Dense(vocab_size, name="logits", dtype=policy)
+        if feature_embed:
+            dense = functools.partial(keras.layers.Dense, rnn_size, activation="relu", dtype=policy)
+            self.region_embed = dense(name="region_embed")
+            self.mean_embed = dense(name="mean_embed")
+            self.feature_dropout = keras.layers.Dropout(
+                dropout, name="feature_dropout", dtype=policy
+            )
 
     def build(self, features_shape):
         """Creates all weights; `features_shape` is `[batch, regions, dim]`."""
         dim, rnn = features_shape[-1], self.rnn_size
+        if self.feature_embed:
+            self.region_embed.build((None, None, dim))
+            self.mean_embed.build((None, dim))
+            dim = rnn  # what the LSTMs and the attention see
         self.embedding.build((None,))
         self.att_lstm.build((None, rnn + self.embed_dim))
         self.att_lstm.build_static(dim)
@@ -192,12 +208,13 @@ class UpDownCore(keras.layers.Layer):
         self.lang_lstm.build((None, lang_inputs))
         self.logits.build((None, rnn))
 
-    def precompute(self, features, region_mask=None):
+    def precompute(self, features, region_mask=None, training=False):
         """Static parts for `step`, from features `[batch, regions, dim]`.
 
         Args:
             features: float `[batch, regions, dim]`, zero-padded.
             region_mask: optional bool `[batch, regions]`, False on padding.
+            training: bool, enables the feature embedding's dropout.
 
         Returns:
             dict with `features`, `keys`, `mean`, `mean_gates`, `mask` (module docstring).
@@ -212,6 +229,10 @@ class UpDownCore(keras.layers.Layer):
         weights = tf.cast(region_mask, features.dtype)[..., None]  # [batch, regions, 1]
         count = tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)  # [batch, 1]
         mean = tf.reduce_sum(features * weights, axis=1) / count  # [batch, dim]
+        if self.feature_embed:
+            drop = functools.partial(self.feature_dropout, training=training)
+            features = drop(self.region_embed(features)) * weights  # [batch, regions, rnn]
+            mean = drop(self.mean_embed(mean))  # [batch, rnn]
         return {
             "features": features,
             "keys": self.region_attention.project(features),
@@ -314,6 +335,7 @@ class UpDownCore(keras.layers.Layer):
             "text_attention": self.text_attention,
             "max_len": self.max_len,
             "suppressed_ids": list(self.suppressed_ids),
+            "feature_embed": self.feature_embed,
         }
 
 

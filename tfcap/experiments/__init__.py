@@ -1,0 +1,1 @@
+"""Rerunnable experiments whose tables README quotes (`python -m tfcap.experiments.quality`)."""
