@@ -143,6 +143,18 @@ _TEMPERATURE = flags.DEFINE_float(
 _SCST_REWARD = flags.DEFINE_enum(
     "scst_reward", "cider", ["cider", "bleu"], "SCST evaluator: CIDEr-D (train df) or BLEU-4."
 )
+_CIDER_EOS = flags.DEFINE_bool(
+    "cider_eos",
+    False,
+    "The CIDEr-D reward (scst, gan) counts <eos> as a word, in the samples and in the train "
+    "document frequencies, so captions cut short ('... next to a') lose the end n-grams.",
+)
+_ALL_REFERENCES = flags.DEFINE_bool(
+    "reward_all_references",
+    True,
+    "The scst/gan evaluator scores each sample against every reference of its image, not "
+    "only the --seq_per_img captions of the batch.",
+)
 _GAN_STEPS = flags.DEFINE_integer(
     "gan_steps", 0, "GAN generator steps; 0: use --gan_epochs.", lower_bound=0
 )
@@ -305,6 +317,7 @@ def _configs():
 
 def train(strategy, model, meta) -> None:
     """Runs --phases in order; each phase's end leaves its snapshot and val scores."""
+    from tfcap.data import pipeline
     from tfcap.training import guard, input, logs, loop, phases, state, validation
 
     run = state.RunState(strategy, model, cli_flags.MODEL_DIR.value, _KEEP.value)
@@ -315,6 +328,7 @@ def train(strategy, model, meta) -> None:
         cli_flags.SEED.value,
         _DETERMINISTIC.value,
         cli_flags.SKIP_BAD_RECORDS.value,
+        all_references=pipeline.max_references(meta, "train") if _ALL_REFERENCES.value else 0,
     )
     spe = input.steps_per_epoch(inputs)
     faults = guard.FaultInjector(parse_injections(_INJECT_NONFINITE.value))
@@ -330,7 +344,14 @@ def train(strategy, model, meta) -> None:
         eval_every=_EVAL_EVERY.value,
     )
     ctx = phases.Context(
-        run, cli_flags.SEED.value, spe, _CKPT_EVERY.value, _SEQ_PER_IMG.value, meta, inputs.data_dir
+        run,
+        cli_flags.SEED.value,
+        spe,
+        _CKPT_EVERY.value,
+        _SEQ_PER_IMG.value,
+        meta,
+        inputs.data_dir,
+        _CIDER_EOS.value,
     )
     builders = {"xe": phases.xe_phase, "scst": phases.scst_phase, "gan": phases.gan_phases}
     configs = _configs()

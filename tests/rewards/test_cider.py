@@ -187,3 +187,77 @@ def test_benchmark_runs_and_agrees():
     assert {"pycocoevalcap_s", "tfcap_score_s", "tfcap_score_ids_s", "speedup_score_ids"} <= set(
         result
     )
+
+
+def _direct_cider_d(cand, refs, corpus, n=4, sigma=6.0):
+    """CIDEr-D of one tokenized candidate, written out from the definition."""
+    import collections
+    import math
+
+    def grams(words, k):
+        return collections.Counter(tuple(words[i : i + k]) for i in range(len(words) - k + 1))
+
+    df = collections.Counter()
+    for image in corpus:
+        seen = set()
+        for r in image:
+            for k in range(1, n + 1):
+                seen |= set(grams(r.split(), k))
+        df.update(seen)
+    ref_len = math.log(len(corpus))
+
+    def vec(words, k):
+        return {g: c * (ref_len - math.log(max(1.0, df[g]))) for g, c in grams(words, k).items()}
+
+    c = cand.split()
+    total = 0.0
+    for k in range(1, n + 1):
+        vc = vec(c, k)
+        for r in refs:
+            vr = vec(r.split(), k)
+            num = sum(min(vc[g], vr[g]) * vr[g] for g in vc if g in vr)
+            norm = math.sqrt(sum(v * v for v in vc.values())) * math.sqrt(
+                sum(v * v for v in vr.values())
+            )
+            val = num / norm if norm else num
+            delta = max(len(c) - 1, 0) - max(len(r.split()) - 1, 0)
+            total += val * math.exp(-(delta**2) / (2 * sigma**2))
+    return 10.0 * total / n / len(refs)
+
+
+def test_cider_d_counting_eos_equals_the_definition():
+    """With count_eos, `<eos>` is a word of candidates and references and the df is
+    counted over references that end with it: a caption cut short loses its end."""
+    words = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "red", "circle", "next", "to", "square"]
+    enc = {w: i for i, w in enumerate(words)}
+    train = [
+        ["a red circle next to a square", "a red circle"],
+        ["a square", "a square next to a red circle"],
+        ["a circle", "a red square"],
+    ]
+    corpus = [[f"{r} <eos>" for r in image] for image in train]
+    scorer = CiderD(corpus, vocabulary=words, eos_id=2, count_eos=True)
+    refs = ["a red circle next to a square", "a red circle"]
+    ref_ids = np.zeros([1, 2, 9], np.int32)
+    for j, r in enumerate(refs):
+        toks = [enc[w] for w in r.split()] + [2]
+        ref_ids[0, j, : len(toks)] = toks
+    cands = ["a red circle next to a", "a red circle"]
+    ids = np.zeros([4, 9], np.int32)
+    ids[0, :6] = [enc[w] for w in cands[0].split()]  # cut off: no <eos>
+    ids[1, :4] = [enc[w] for w in cands[1].split()] + [2]
+    ids[2, :7] = [enc[w] for w in cands[0].split()] + [2]  # ends, badly
+    ids[3, :3] = [enc[w] for w in cands[1].split()]  # the same words, cut off
+    got = scorer.score_ids(ids, np.zeros(4, np.int64), scorer.encode_references(ref_ids))[1]
+    want = [
+        _direct_cider_d(cands[0], [f"{r} <eos>" for r in refs], corpus),
+        _direct_cider_d(f"{cands[1]} <eos>", [f"{r} <eos>" for r in refs], corpus),
+        _direct_cider_d(f"{cands[0]} <eos>", [f"{r} <eos>" for r in refs], corpus),
+        _direct_cider_d(cands[1], [f"{r} <eos>" for r in refs], corpus),
+    ]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    assert got[3] < got[1]  # the same words score less when the caption does not end
+    # without count_eos the end token is not a word: the direct form without it
+    plain = CiderD(train, vocabulary=words, eos_id=2)
+    got = plain.score_ids(ids[1:2], np.zeros(1, np.int64), plain.encode_references(ref_ids))[1]
+    np.testing.assert_allclose(got, [_direct_cider_d(cands[1], refs, train)], rtol=1e-9)

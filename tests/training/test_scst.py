@@ -314,3 +314,42 @@ def test_a_phase_stopped_before_its_snapshot_gets_it_on_resume(shapes_dir, tmp_p
     # and a finished phase cannot be extended once a later one has begun
     with pytest.raises(errors.BadInput, match="xe ended at 3 steps and scst has begun"):
         run_train(shapes_dir, run, phases="xe,scst", **{**budget, "train_steps": 4})
+
+
+def test_reward_scores_against_every_reference_of_the_image(shapes_dir):
+    """The batch holds 2 of each image's 5 captions; the reward uses all 5."""
+    from tfcap.data import pipeline
+
+    words = pipeline.load_vocab(str(shapes_dir)).words
+    ds = pipeline.make_dataset(
+        str(shapes_dir), "val", 4, seq_per_img=2, all_references=5, shuffle=True, seed=1
+    )
+    batch = next(iter(ds))
+    assert batch["references"].shape == [4, 5, 17]
+    texts = {}
+    for image_id, rows in zip(batch["image_id"].numpy(), batch["references"].numpy()):
+        texts[int(image_id)] = [" ".join(words[i] for i in r if i > vocab.EOS_ID) for r in rows]
+    refs = inference_refs(shapes_dir)
+    for image_id, got in texts.items():
+        known = set(words)
+        want = [
+            " ".join((w if w in known else "<unk>") for w in t[:16])
+            for t in vocab.tokenize_py(refs[image_id])
+        ]
+        assert sorted(got) == sorted(want)
+    scorer = cider.CiderD([["a b"]] * 2, vocabulary=words, eos_id=vocab.EOS_ID)
+    samples = batch["captions"][:, 0, 1:]  # each image's first caption in the batch
+    reward = scst.evaluator_reward(scst.cider_reward(scorer))
+    got = reward(batch, samples, 1).numpy()
+    cands = [" ".join(words[i] for i in r if i > vocab.EOS_ID) for r in samples.numpy()]
+    ids = batch["image_id"].numpy()
+    _, want = scorer.score(cands, [texts[int(i)] for i in ids])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    without = {k: v for k, v in batch.items() if k != "references"}
+    assert not np.allclose(reward(without, samples, 1).numpy(), want)  # 2 of 5 refs: not it
+
+
+def inference_refs(data_dir):
+    from tfcap import inference
+
+    return inference.references(str(data_dir), "val")

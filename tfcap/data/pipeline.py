@@ -11,6 +11,9 @@ Every batch is one dict, used by these names everywhere after:
   references repeats them in turn; one with more uses `seq_per_img` of them
   (a random choice when shuffling, the first ones otherwise). An image without
   references (features-only data) has all-`<pad>` rows.
+- `references` (only with `all_references=R`): int32 `[batch, R, max_caption_len + 1]`,
+  every reference of the image (the first R), without `<bos>`: the tokens, `<eos>`,
+  then `<pad>`; rows past the image's count are all `<pad>`. Rewards score against these.
 
 `regions` is static: the dataset's largest region count (dataset.json) unless
 `max_regions` is given, so shapes suit XLA and TFLite. `batch` is static when
@@ -220,6 +223,21 @@ def _select_captions(ids: tf.RaggedTensor, seq_per_img: int, max_len: int, shuff
     return tf.cast(full, tf.int32) * tf.cast(k > 0, tf.int32)
 
 
+def _all_references(ids: tf.RaggedTensor, count: int, max_len: int) -> tf.Tensor:
+    """int32 `[count, max_len + 1]`: the first `count` references, `<eos>`-ended, padded."""
+    chosen = ids[:count, :max_len]
+    eos = tf.fill([chosen.nrows(), 1], tf.constant(vocab.EOS_ID, tf.int64))
+    full = tf.concat([chosen, eos], axis=1).to_tensor(
+        default_value=vocab.PAD_ID, shape=[count, max_len + 1]
+    )
+    return tf.cast(full, tf.int32)
+
+
+def max_references(meta: dict[str, Any], split: str) -> int:
+    """The most references an image of `split` has (dataset.json; 5 when not recorded)."""
+    return int(meta["splits"][split].get("max_captions_per_image", 5))
+
+
 def make_dataset(
     data_dir: str,
     split: str,
@@ -236,6 +254,7 @@ def make_dataset(
     skip_bad_records: bool = False,
     input_context: tf.distribute.InputContext | None = None,
     shuffle_buffer: int = 2048,
+    all_references: int = 0,
 ) -> tf.data.Dataset:
     """The batched dataset of one split.
 
@@ -253,6 +272,7 @@ def make_dataset(
         skip_bad_records: log and skip records that fail to parse.
         input_context: from `strategy.distribute_datasets_from_function`: the
             split is partitioned among the input pipelines (`plan_shards`).
+        all_references: also give `references` with this many rows (0: not).
     """
     meta = load_metadata(data_dir)
     max_regions = int(max_regions or meta["max_regions"])
@@ -296,8 +316,11 @@ def make_dataset(
         ds = ds.repeat()
 
     def finish(ex):
-        captions = _select_captions(ex.pop("caption_ids"), seq_per_img, max_len, shuffle, seed)
-        return {**ex, "captions": captions}
+        ids = ex.pop("caption_ids")
+        out = {**ex, "captions": _select_captions(ids, seq_per_img, max_len, shuffle, seed)}
+        if all_references:
+            out["references"] = _all_references(ids, all_references, max_len)
+        return out
 
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)

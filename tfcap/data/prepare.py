@@ -30,6 +30,7 @@ from tfcap.features import source as images_source  # --images, --detector_handl
 from tfcap.rewards import cider
 
 CIDER_DF_FILE = "cider_df_train.json"
+CIDER_DF_EOS_FILE = "cider_df_train_eos.json"  # references ending with <eos> (count_eos)
 
 _SOURCE = flags.DEFINE_enum(
     "source",
@@ -214,10 +215,12 @@ def build_vocab(split_images, min_count: int, max_len: int):
     return v, ids_by_image
 
 
-def write_train_cider_df(path: str, train_ids, v: vocab.Vocab) -> None:
+def write_train_cider_df(path: str, train_ids, v: vocab.Vocab, eos: bool = False) -> None:
     """CIDEr-D document frequencies of the train references, as the SCST reward uses
-    them: the stored (truncated, `<unk>`-mapped) captions, one corpus entry per image."""
-    refs = [[" ".join(v.words[i] for i in ids) for ids in caps] for caps in train_ids]
+    them: the stored (truncated, `<unk>`-mapped) captions, one corpus entry per image;
+    with `eos`, each ending with the `<eos>` word (for `CiderD(count_eos=True)`)."""
+    end = [v.words[vocab.EOS_ID]] if eos else []
+    refs = [[" ".join([*(v.words[i] for i in ids), *end]) for ids in caps] for caps in train_ids]
     cider.CiderD.from_corpus(refs).to_json(path)
 
 
@@ -268,6 +271,9 @@ def prepare() -> dict:
             ids_by_image[im.image_id] for im in split_images["train"] if im.image_id in written_ids
         ]
         write_train_cider_df(os.path.join(staging.path, meta["cider_df"]), train_ids, v)
+        write_train_cider_df(
+            os.path.join(staging.path, meta["cider_df_eos"]), train_ids, v, eos=True
+        )
         for split, ims in split_images.items():
             kept = [im for im in ims if im.image_id in written_ids]
             if not kept:
@@ -297,6 +303,7 @@ def _metadata(split_images, stats, bad, v, num_shards) -> dict:
             "captions": sum(s["captions"] for s in mine),
             "shards": num_shards[split],
             "shard_images": [s["images"] for s in mine],  # in file order (input sharding)
+            "max_captions_per_image": max(len(im.captions) for im in split_images[split]),
         }
     return {
         "schema_version": records.SCHEMA_VERSION,
@@ -312,6 +319,7 @@ def _metadata(split_images, stats, bad, v, num_shards) -> dict:
         "splits": splits,
         "bad_records_skipped": bad.count,
         "cider_df": CIDER_DF_FILE,
+        "cider_df_eos": CIDER_DF_EOS_FILE,
     }
 
 

@@ -81,8 +81,13 @@ class CiderD:
         n: largest n-gram order.
         sigma: width of the gaussian length penalty.
         vocabulary: for token ids: the word of each id. None: id i is the word `str(i)`.
-        eos_id: for token ids: a sequence ends before its first `eos_id` (and always
+        eos_id: for token ids: a sequence ends at its first `eos_id` (and always
             before its first 0, padding).
+        count_eos: for token ids: the `eos_id` that ends a sequence is one of its
+            words (so "... next to a" without the end lacks the n-grams "a <eos>"
+            that finished references have). Its df must then be counted over
+            references that end with it too (`from_corpus` of strings ending in
+            the eos word, as `tfcap.data.prepare` writes `cider_df_train_eos.json`).
     """
 
     def __init__(
@@ -95,13 +100,16 @@ class CiderD:
         sigma: float = 6.0,
         vocabulary: Sequence[str] | None = None,
         eos_id: int | None = None,
+        count_eos: bool = False,
     ):
         given = (refs is not None, document_frequency is not None, ref_len is not None)
         if given not in ((True, False, False), (False, True, True)):
             raise ValueError("give either refs, or document_frequency and ref_len")
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        self.n, self.sigma, self.eos_id = n, float(sigma), eos_id
+        if count_eos and eos_id is None:
+            raise ValueError("count_eos needs eos_id")
+        self.n, self.sigma, self.eos_id, self.count_eos = n, float(sigma), eos_id, count_eos
         self._coder = WordCoder(n)
         self._has_vocabulary = vocabulary is not None
         self._id_map = self._coder.ids([] if vocabulary is None else vocabulary)
@@ -187,11 +195,17 @@ class CiderD:
         return self._id_map[ids]
 
     def _truncate(self, ids: np.ndarray) -> np.ndarray:
-        """int64 `[rows]` lengths of `[rows, time]` ids: up to the first 0 or eos_id."""
+        """int64 `[rows]` lengths of `[rows, time]` ids: up to the first 0 or eos_id
+        (including that eos_id with `count_eos`)."""
         stop = ids == 0
         if self.eos_id is not None:
             stop |= ids == self.eos_id
-        return np.where(stop.any(axis=1), stop.argmax(axis=1), ids.shape[1]).astype(np.int64)
+        first = stop.argmax(axis=1)
+        lengths = np.where(stop.any(axis=1), first, ids.shape[1])
+        if self.count_eos:
+            ended = stop.any(axis=1) & (ids[np.arange(len(ids)), first] == self.eos_id)
+            lengths = lengths + ended
+        return lengths.astype(np.int64)
 
     def _encode_ids(self, ids: np.ndarray) -> Ngrams:
         """N-grams of int `[rows, time]` token ids, each row cut at its first 0 or eos_id."""

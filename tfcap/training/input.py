@@ -29,6 +29,7 @@ class InputConfig:
     seed: int = 0
     deterministic: bool = False
     skip_bad_records: bool = False
+    all_references: int = 0  # batches also hold every reference of an image (`references`)
 
 
 def steps_per_epoch(config: InputConfig) -> int:
@@ -52,6 +53,7 @@ def epoch_batches(strategy, config: InputConfig, epoch: int, skip: int, seed_off
             drop_remainder=True,
             input_context=ctx,
             skip_bad_records=config.skip_bad_records,
+            all_references=config.all_references,
         )
         # A step takes one batch per replica of this pipeline (several with
         # MirroredStrategy on one machine).

@@ -67,6 +67,7 @@ class Context:
     seq_per_img: int
     meta: dict
     data_dir: str
+    cider_eos: bool = False  # the CIDEr-D reward counts <eos> as a word (train df likewise)
 
 
 def make_optimizer(ctx: Context, phase: PhaseConfig, variables) -> keras.optimizers.Optimizer:
@@ -190,18 +191,22 @@ def _phase(ctx: Context, phase: PhaseConfig, name: str, step_fn) -> Phase:
 
 
 def train_cider(ctx: Context) -> cider.CiderD:
-    """CIDEr-D with the train references' document frequencies (the dataset's file)."""
+    """CIDEr-D with the train references' document frequencies (the dataset's file;
+    with `ctx.cider_eos`, the one counted over references ending in `<eos>`)."""
     from tfcap.data import pipeline, vocab
 
-    name = ctx.meta.get("cider_df")
+    key = "cider_df_eos" if ctx.cider_eos else "cider_df"
+    name = ctx.meta.get(key)
     if not name:
         raise errors.BadInput(
-            f"{ctx.data_dir}/dataset.json names no cider_df: prepare the dataset again with "
-            "this tfcap to train with a CIDEr-D reward"
+            f"{ctx.data_dir}/dataset.json names no {key}: prepare the dataset again with "
+            "this tfcap to train with this CIDEr-D reward"
         )
     words = pipeline.load_vocab(ctx.data_dir, ctx.meta).words
     path = os.path.join(ctx.data_dir, name)
-    return cider.CiderD.from_json(path, vocabulary=words, eos_id=vocab.EOS_ID)
+    return cider.CiderD.from_json(
+        path, vocabulary=words, eos_id=vocab.EOS_ID, count_eos=ctx.cider_eos
+    )
 
 
 def check_not_extended(run: RunState, name: str, total_steps: int) -> None:

@@ -84,13 +84,25 @@ def cider_reward(scorer: cider.CiderD) -> RewardFn:
         with lock:
             kept = last.get(int(replica))
         if kept is None or kept[0] != key:
-            kept = (key, scorer.encode_references(refs))
+            kept = (key, scorer.encode_references(_nonempty(refs)))
             with lock:
                 last[int(replica)] = kept
         scores = scorer.score_ids(np.asarray(ids), np.asarray(index), kept[1])[1]
         return scores.astype(np.float32)
 
     return reward
+
+
+def _nonempty(refs: np.ndarray):
+    """`[images, refs, time]` ids, or per image its non-empty rows when some are empty
+    (images with fewer references than rows); an image with none keeps one empty row."""
+    full = np.any(refs != 0, axis=-1)  # [images, refs]
+    if full.all():
+        return refs
+    return [
+        [r for r, f in zip(image, ok, strict=True) if f] or [image[0]]
+        for image, ok in zip(refs, full, strict=True)
+    ]
 
 
 def bleu_reward() -> RewardFn:
@@ -278,11 +290,13 @@ def make_policy_step(
 
 
 def evaluator_reward(fn: RewardFn) -> RewardGraphFn:
-    """The in-graph reward of SCST: the host evaluator `fn` on the batch's references."""
+    """The in-graph reward of SCST: the host evaluator `fn` against every reference of
+    each image (`references`, when the batch has them) or else the batch's captions."""
 
     def reward(batch, ids, per_image):
         batch_size = tf.shape(batch["captions"])[0]
         index = tf.repeat(tf.range(batch_size), per_image)
-        return host_reward(fn, ids, index, batch["captions"][:, :, 1:])
+        refs = batch["references"] if "references" in batch else batch["captions"][:, :, 1:]
+        return host_reward(fn, ids, index, refs)
 
     return reward
