@@ -352,6 +352,7 @@ def train(strategy, model, meta) -> None:
         meta,
         inputs.data_dir,
         _CIDER_EOS.value,
+        _VAL_IMAGES.value,
     )
     builders = {"xe": phases.xe_phase, "scst": phases.scst_phase, "gan": phases.gan_phases}
     configs = _configs()

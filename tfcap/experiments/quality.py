@@ -89,7 +89,12 @@ def _run(argv: list[str], log: str) -> None:
 def prepare_data(work_dir: str, test_images: int) -> str:
     """The demo data with `test_images` test scenes, prepared once in WORK_DIR/data."""
     data_dir = os.path.join(work_dir, f"data_test{test_images}")
-    if not os.path.exists(os.path.join(data_dir, "dataset.json")):
+    meta_path = os.path.join(data_dir, "dataset.json")
+    current = False
+    if os.path.exists(meta_path):
+        with open(meta_path, encoding="utf-8") as f:
+            current = "cider_df_eos" in json.load(f)  # written by this tfcap's prepare
+    if not current:
         logging.info("preparing %s", data_dir)
         _run(
             [

@@ -136,3 +136,26 @@ def make_gan_step(d_train, policy_step, d_steps: int, seed: int, lr):
         return {**out, **d_out, "lr": lr(), "skipped": skipped}
 
     return step_fn
+
+
+def discriminator_accuracy(
+    d: Discriminator, model, data_dir: str, split: str = "val", images: int | None = None
+) -> dict[str, float]:
+    """D on `split`: the share of human captions it judges human (`acc_real`), of
+    another image's human captions (`acc_wrong`) and of the generator's greedy
+    captions (`acc_fake`) it judges not human, and its mean p(human) of each."""
+    from tfcap.data import pipeline
+
+    k = 5
+    ds = pipeline.make_dataset(data_dir, split, 50, seq_per_img=k)
+    if images:
+        ds = ds.unbatch().take(images).batch(50)
+    sums = None
+    for batch in ds:
+        greedy = model.generate(batch["features"], batch["region_mask"], method="greedy")[0]
+        fakes = tf.repeat(greedy, k, axis=0)  # [batch * k, T]
+        pairs = dstep.make_pairs(batch, fakes, k)
+        logits = d.score(batch["features"], batch["region_mask"], pairs.ids)
+        _, part = dstep.d_loss(logits, pairs)
+        sums = part if sums is None else {key: sums[key] + part[key] for key in part}
+    return {key: float(v) for key, v in dstep.summarize(sums).items()}

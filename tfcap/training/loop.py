@@ -40,6 +40,8 @@ class Phase:
             discriminator's pre-training does not).
         validate: whether it validates every `eval_every` steps and at its end.
         checkpoint_every: steps between checkpoints (0: only at its end).
+        extra_validation: more val figures when it validates (`() -> dict`), e.g.
+            the discriminator's accuracies; logged as `val/NAME/KEY`.
     """
 
     name: str
@@ -50,6 +52,7 @@ class Phase:
     global_steps: bool = True
     validate: bool = True
     checkpoint_every: int = 0
+    extra_validation: Callable[[], dict[str, float]] | None = None
 
 
 @dataclasses.dataclass
@@ -100,6 +103,14 @@ def run_phase(run: RunState, phase: Phase, hooks: Hooks) -> bool:
             score, decoded = hooks.validator.cider()
             hooks.logs.validation(phase.name, run.global_step, score, decoded, hooks.validator.refs)
             run.keep_if_best(score, phase.name, len(decoded.captions))
+            if phase.extra_validation is not None:
+                extra = phase.extra_validation()
+                hooks.logs.scalars(
+                    "val", {f"{phase.name}/{k}": v for k, v in extra.items()}, run.global_step
+                )
+                logging.info(
+                    "%s val: %s", phase.name, " ".join(f"{k} {v:.3f}" for k, v in extra.items())
+                )
         if _due(done, phase.checkpoint_every, phase.total_steps):
             run.save()
     return True

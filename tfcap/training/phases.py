@@ -68,6 +68,7 @@ class Context:
     meta: dict
     data_dir: str
     cider_eos: bool = False  # the CIDEr-D reward counts <eos> as a word (train df likewise)
+    val_images: int = 500  # images of a validation (the discriminator's too)
 
 
 def make_optimizer(ctx: Context, phase: PhaseConfig, variables) -> keras.optimizers.Optimizer:
@@ -176,7 +177,13 @@ def gan_phases(
         global_steps=False,
         validate=False,
     )
-    return [pretrain, _phase(ctx, phase, "gan", step_fn)]
+
+    def d_val():
+        images = ctx.val_images or None
+        return gan.discriminator_accuracy(d, model, ctx.data_dir, "val", images)
+
+    main = dataclasses.replace(_phase(ctx, phase, "gan", step_fn), extra_validation=d_val)
+    return [pretrain, main]
 
 
 def _phase(ctx: Context, phase: PhaseConfig, name: str, step_fn) -> Phase:
