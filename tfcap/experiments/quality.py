@@ -58,6 +58,12 @@ _GAN_STEPS = flags.DEFINE_integer("gan_steps", 300, "GAN generator steps.", lowe
 _TEST_IMAGES = flags.DEFINE_integer("test_images", 1000, "Test scenes.", lower_bound=250)
 _JUDGE_STEPS = flags.DEFINE_integer("judge_steps", 800, "Judge training steps.", lower_bound=0)
 _TABLE = flags.DEFINE_bool("table", False, "Only print the table of what is in --work_dir.")
+_FORK = flags.DEFINE_string(
+    "fork",
+    None,
+    "Start each seed from variant FORK's model at the end of its xe phase (its latest "
+    "xe checkpoint), e.g. to compare scst settings on the same xe models.",
+)
 
 KEYS = (
     "CIDEr",
@@ -111,10 +117,50 @@ def prepare_data(work_dir: str, test_images: int) -> str:
     return data_dir
 
 
+def fork(source: str, model_dir: str) -> None:
+    """Copies the model dir `source` as it was at the end of its xe phase."""
+    import shutil
+
+    import tensorflow as tf
+
+    end = tf.train.latest_checkpoint(os.path.join(source, "phase_xe"))
+    if end is None:
+        raise errors.MissingInput(f"{source}/phase_xe: no xe snapshot to fork from")
+    step = int(end.rsplit("-", 1)[1])
+    shutil.copytree(source, model_dir)
+    ckpt_dir = os.path.join(model_dir, "ckpt")
+    state = tf.train.get_checkpoint_state(ckpt_dir)
+    paths = list(state.all_model_checkpoint_paths)
+    keep = [p for p in paths if int(p.rsplit("-", 1)[1]) <= step]
+    if not keep or int(keep[-1].rsplit("-", 1)[1]) != step:
+        shutil.rmtree(model_dir)
+        raise errors.BadInput(f"{source}/ckpt no longer holds ckpt-{step}, the end of xe")
+    for p in paths:
+        if p not in keep:
+            for f in tf.io.gfile.glob(p + ".*"):
+                os.remove(f)
+    tf.train.update_checkpoint_state(ckpt_dir, keep[-1], keep)
+    for name in ("phase_scst", "phase_gan", "discriminator.json", "scores_scst_val.json"):
+        path = os.path.join(model_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+    best = os.path.join(model_dir, "best.json")
+    if os.path.exists(best):
+        with open(best, encoding="utf-8") as f:
+            if json.load(f)["step"] > step:
+                os.remove(best)
+                shutil.rmtree(os.path.join(model_dir, "best"), ignore_errors=True)
+
+
 def train(data_dir: str, run_dir: str, seed: int) -> dict[str, float]:
     """Trains (or resumes) one seed; returns each phase's seconds from the log."""
     model_dir, log = os.path.join(run_dir, "model"), os.path.join(run_dir, "train.log")
     os.makedirs(run_dir, exist_ok=True)
+    if _FORK.value and not os.path.exists(model_dir):
+        source = os.path.join(os.path.dirname(os.path.dirname(run_dir)), _FORK.value)
+        fork(os.path.join(source, os.path.basename(run_dir), "model"), model_dir)
     argv = [
         sys.executable,
         "-m",
