@@ -182,6 +182,18 @@ _D_LR = flags.DEFINE_float(
 _D_STEPS = flags.DEFINE_integer(
     "d_steps", 1, "Discriminator updates per generator update.", lower_bound=0
 )
+_D_FAKE_WEIGHT = flags.DEFINE_float(
+    "d_fake_weight",
+    0.5,
+    "Discriminator loss weight of (image, generated caption) pairs.",
+    lower_bound=0,
+)
+_D_WRONG_WEIGHT = flags.DEFINE_float(
+    "d_wrong_weight",
+    0.5,
+    "Discriminator loss weight of (image, another image's caption) pairs.",
+    lower_bound=0,
+)
 _D_PRETRAIN = flags.DEFINE_integer(
     "d_pretrain_steps",
     200,
@@ -310,6 +322,8 @@ def _configs():
                 d_learning_rate=_D_LR.value,
                 d_steps=_D_STEPS.value,
                 d_pretrain_steps=_D_PRETRAIN.value,
+                d_fake_weight=_D_FAKE_WEIGHT.value,
+                d_wrong_weight=_D_WRONG_WEIGHT.value,
             ),
         ),
     }

@@ -205,6 +205,17 @@ def phase_seconds(log: str) -> dict[str, float]:
     return seconds
 
 
+def discriminator_val(log: str) -> dict[str, float]:
+    """The gan discriminator's last val figures in the training log (`gan val: ...`)."""
+    found = {}
+    with open(log, encoding="utf-8") as f:
+        for line in f:
+            if "] gan val: " in line:
+                parts = line.split("] gan val: ", 1)[1].split()
+                found = {k: float(v) for k, v in zip(parts[::2], parts[1::2], strict=True)}
+    return found
+
+
 def score_phase(model_dir: str, data_dir: str, phase: str, train_texts: set[str]):
     """Scores of one phase's model on each split, and its greedy ids of test and train."""
     from tfcap import checkpoints, diversity, inference, metrics
@@ -249,6 +260,8 @@ def run_seed(data_dir: str, run_dir: str, seed: int) -> dict:
     train_refs = inference.references(data_dir, "train")
     train_texts = {" ".join(t) for c in train_refs.values() for t in vocab.tokenize_py(c)}
     result = {"seed": seed, "train_flags": _TRAIN_FLAGS.value, "seconds": seconds, "phases": {}}
+    if "gan" in _PHASES.value:
+        result["gan_discriminator_val"] = discriminator_val(os.path.join(run_dir, "train.log"))
     test_ids, train_ids = {}, {}
     for phase in _PHASES.value:
         logging.info("scoring %s %s", model_dir, phase)

@@ -37,6 +37,8 @@ class GanConfig:
     d_learning_rate: float = 1e-3
     d_steps: int = 1
     d_pretrain_steps: int = 200
+    d_fake_weight: float = 0.5  # loss weights of the fake and wrong pairs (real: 1)
+    d_wrong_weight: float = 0.5
 
 
 def build_discriminator(strategy, meta: dict, max_len: int, cfg: GanConfig) -> Discriminator:

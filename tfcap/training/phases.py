@@ -152,13 +152,9 @@ def gan_phases(
         d_opt.build(d.trainable_variables)
     g_opt = make_optimizer(ctx, phase, model.trainable_variables)
     run.restore(gan_optimizer=g_opt, discriminator=d, d_optimizer=d_opt)
+    d_config = dstep.DConfig(fake_weight=cfg.d_fake_weight, wrong_weight=cfg.d_wrong_weight)
     d_update = dstep.make_d_step(
-        strategy,
-        d,
-        d_opt,
-        dstep.DConfig(),
-        seq_per_img=ctx.seq_per_img,
-        loss_multiplier=loss_multiplier,
+        strategy, d, d_opt, d_config, ctx.seq_per_img, loss_multiplier=loss_multiplier
     )
     sample = gan.make_fake_sampler(strategy, model, ctx.seq_per_img, policy.temperature)
     d_train = gan.make_d_train(sample, d_update, ctx.seed + 2)
