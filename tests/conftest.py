@@ -51,17 +51,25 @@ def pytest_report_collectionfinish(config, start_path, items):
     return [f"bad_input inventory: {sum(counts.values())} tests ({per_area})"]
 
 
+# The real photos and captions the tests use, kept in the repository (sources and
+# licences in tests/assets/README.md and LICENSES.md).
+ASSETS = REPO / "tests" / "assets"
+
+
 def shared_data_dir() -> pathlib.Path:
-    """`../shared/data` beside the repository, or $TFCAP_SHARED_DATA."""
+    """The real test data: $TFCAP_SHARED_DATA when set and not empty, else tests/assets."""
     env = os.environ.get("TFCAP_SHARED_DATA")
-    return pathlib.Path(env) if env else REPO.parent / "shared" / "data"
+    return pathlib.Path(env) if env else ASSETS
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     path = shared_data_dir()
-    if not path.is_dir():
-        pytest.skip(f"real test data not found at {path} (set TFCAP_SHARED_DATA)")
+    if not (path / "coco_val2014_samples").is_dir():
+        raise FileNotFoundError(
+            f"real test data not found at {path}/coco_val2014_samples "
+            "($TFCAP_SHARED_DATA names a directory without it; unset it to use tests/assets)"
+        )
     return path
 
 

@@ -12,30 +12,15 @@ only bridges Bazel's test protocol and the repository layout:
 
 - JUnit XML goes to $XML_OUTPUT_FILE; `--test_filter` becomes `pytest -k`;
 - temporary files go under $TEST_TMPDIR (writable in the sandbox);
-- $TFCAP_SHARED_DATA defaults to the real test data: `shared/data` in the
-  runfiles (@shared//:data, see shared_data.bzl), else
-  <source checkout>/../shared/data (found by resolving this file's symlink);
+- the real test data are tests/assets/ in the runfiles (//:test_support), which
+  tests/conftest.py reads unless $TFCAP_SHARED_DATA is passed (--test_env);
 - pytest's exit code 5 ("no tests collected") is a failure.
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
-
-
-def _shared_data() -> pathlib.Path | None:
-    candidates = []
-    if "TEST_SRCDIR" in os.environ:  # the declared input @shared//:data
-        candidates.append(pathlib.Path(os.environ["TEST_SRCDIR"]) / "shared" / "data")
-    # runfiles/__main__/third_party/bazel/pytest_runner.py -> <checkout>/third_party/bazel/...
-    checkout = pathlib.Path(os.path.realpath(__file__)).parents[2]
-    candidates.append(checkout.parent / "shared" / "data")
-    for path in candidates:
-        if path.is_dir() and any(p.name != ".missing" for p in path.iterdir()):
-            return path
-    return None
 
 
 def main(argv: list[str]) -> int:
@@ -51,9 +36,6 @@ def main(argv: list[str]) -> int:
         tempfile.tempdir = None  # re-read TMPDIR
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     sys.dont_write_bytecode = True
-    shared = _shared_data()
-    if not os.environ.get("TFCAP_SHARED_DATA") and shared is not None:
-        os.environ["TFCAP_SHARED_DATA"] = str(shared)
 
     import pytest
 
