@@ -3,8 +3,10 @@ r"""TFLite encoder + decoder-step models, with a parity, latency and GPU-delegat
   python -m export.tflite --model_dir=RUN --output_dir=RUN/tflite [--data_dir=DATA] \
       [--tflite_images=50] [--beam_size=3] [--tflite_variants=fp32,fp16,int8]
 
-Writes to OUTPUT_DIR, per variant V (fp32; fp16 weights; dynamic-range int8):
-`encoder_V.tflite`, `step_V.tflite` (shapes: `export.tflite_models`), the
+Writes to OUTPUT_DIR, per variant V (fp32; fp16 weights; dynamic-range int8,
+which LiteRT documents as a CPU technique: the GPU delegate reads no int8 weights):
+`encoder_V.tflite`, `step_V.tflite` (shapes: `export.tflite_models`; static batch
+`--beam_size`: one step call advances every beam, or that many greedy images), the
 Analyzer's full text `analysis/{encoder,step}_V.txt`, and `report.md` +
 `report.json`: sizes, per-step CPU latency, parity with the TF model (greedy
 and beam captions of the first `--tflite_images` images of `--tflite_split`,
@@ -63,7 +65,7 @@ def export_tflite(
     if cut:
         logging.warning("%d images had more than %d regions: cut for both models", cut, regions)
     reference = tflite_report.tf_reference(model, features, masks, beam_size, alpha)
-    functions = tflite_models.step_functions(model, dim, regions)
+    functions = tflite_models.step_functions(model, dim, regions, batch=beam_size)
     os.makedirs(os.path.join(output_dir, "analysis"), exist_ok=True)
     report = {
         "setup": {
@@ -124,13 +126,13 @@ def _variant(variant: str, functions: dict, run: _Run, output_dir: str) -> dict:
     decoder = tflite_models.LiteDecoder(
         blobs["encoder"], blobs["step"], run.max_len, run.num_threads
     )
-    images = list(zip(run.features, run.masks, strict=True))
-    greedy = np.stack([decoder.greedy(f, m)[0] for f, m in images])
+    greedy = decoder.greedy(run.features, run.masks)[0]  # beam_size images per call
     latency = {
         "step": tflite_report.latency_ms(decoder.step_seconds),
         "encoder": tflite_report.latency_ms(decoder.encode_seconds),
     }
-    beam = np.stack([decoder.beam(f, m, run.beam_size, run.alpha)[0] for f, m in images])
+    images = list(zip(run.features, run.masks, strict=True))
+    beam = np.stack([decoder.beam(f, m, run.alpha)[0] for f, m in images])  # one call a step
     return {
         "models": models,
         "latency_ms": latency,

@@ -2,21 +2,31 @@
 
 The GPU delegate runs no WHILE/IF, no dynamic shapes and no
 UNIDIRECTIONAL_SEQUENCE_LSTM, so the exported graphs hold one step each with
-static shapes (batch 1, `regions` regions) and the loops run on the host:
+static shapes (`batch` rows, `regions` regions) and the loops run on the host.
+Every op of both graphs is within the delegate's documented rules
+(`export.tflite_gpu`; the tests check the op list against them):
 
-- encoder: `features` float32 `[1, regions, dim]`, `region_mask` float32
-  `[1, regions]` (1 on real regions, 0 on padding) -> `keys` float32
-  `[1, regions, att_hidden]` (the projected regions), `mean` float32 `[1, dim]`.
-- step: `word` int32 `[1]` (the previous word, `<bos>` first); the state
-  `h_att`, `c_att`, `h_lang`, `c_lang` float32 `[1, rnn]`, and with text
-  attention `history` float32 `[1, max_len, rnn]`, `history_keys` float32
-  `[1, max_len, att_hidden]`, `step` int32 `[1]`; the image's `features`,
-  `keys`, `mean`, `region_mask` (as above) -> `logits` float32 `[1, vocab]`,
-  `attention` float32 `[1, regions]` and `new_<name>` for every state entry.
+- encoder: `features` float32 `[batch, regions, dim]`, `region_mask` float32
+  `[batch, regions]` (1 on real regions, 0 on padding) -> `regions` float32
+  `[batch, regions, value_dim]` (what attention reads: the features, embedded
+  when the model embeds them), `keys` float32 `[batch, regions, att_hidden]`
+  (the projected regions), `mean_gates` float32 `[batch, 4 * rnn]` (the
+  attention LSTM's gate term of the mean feature, once per image).
+- step: `word` int32 `[batch]` (the previous word, `<bos>` first); the state
+  `h_att`, `c_att`, `h_lang`, `c_lang` float32 `[batch, rnn]`, and with text
+  attention `history` float32 `[batch, max_len, rnn]`, `history_keys` float32
+  `[batch, max_len, att_hidden]` and `step` int32 `[batch]` (the step index:
+  the host counts it, the graph does no int32 arithmetic); the encoder's
+  `regions`, `keys`, `mean_gates` and `region_mask` -> `logits` float32
+  `[batch, vocab]`, `attention` float32 `[batch, regions]` and `new_<name>`
+  for every float state entry.
 
+One step call advances all `batch` rows: beam search keeps its `batch` beams in
+the rows (one call per step), greedy decodes up to `batch` images at once.
 `LiteDecoder` runs both with `ai_edge_litert` and decodes exactly as
 `tfcap.decoding.greedy` / `tfcap.decoding.beam` do (float32 scores, the same
-tie-breaking), so an fp32 model gives the TF model's captions.
+tie-breaking, frozen finished beams), so an fp32 model gives the TF model's
+captions.
 """
 
 from __future__ import annotations
@@ -33,50 +43,62 @@ from tfcap.data.vocab import BOS_ID, EOS_ID
 VARIANTS = ("fp32", "fp16", "int8")
 _NEG = np.float32(-1e9)  # as tfcap.decoding.beam
 _LSTM_STATE = ("h_att", "c_att", "h_lang", "c_lang")
-_STEP_STATIC = ("features", "keys", "mean", "region_mask")
+_STEP_STATIC = ("regions", "keys", "mean_gates", "region_mask")
 
 
-def step_functions(model, feature_dim: int, regions: int) -> dict:
-    """Concrete functions `{"encoder": ..., "step": ...}` of a built `Captioner`."""
+def step_functions(model, feature_dim: int, regions: int, batch: int = 1) -> dict:
+    """Concrete functions `{"encoder": ..., "step": ...}` of a built `Captioner`,
+    with `batch` rows (shapes: module docstring)."""
     core = model.core
     rnn, hidden, max_len = core.rnn_size, core.att_hidden, core.max_len
     f32 = tf.float32
     image_specs = [
-        tf.TensorSpec([1, regions, feature_dim], f32, "features"),
-        tf.TensorSpec([1, regions], f32, "region_mask"),
+        tf.TensorSpec([batch, regions, feature_dim], f32, "features"),
+        tf.TensorSpec([batch, regions], f32, "region_mask"),
     ]
 
     @tf.function(input_signature=image_specs)
     def encoder(features, region_mask):
         static = core.precompute(features, region_mask > 0.5)
-        return {"keys": static["keys"], "mean": static["mean"]}
+        return {k: tf.cast(static[n], f32) for k, n in _ENCODER_OUTPUTS.items()}
 
-    state_specs = {n: tf.TensorSpec([1, rnn], f32, n) for n in _LSTM_STATE}
+    probe = encoder.get_concrete_function().structured_outputs
+    state_specs = {n: tf.TensorSpec([batch, rnn], f32, n) for n in _LSTM_STATE}
     if core.text_attention:
-        state_specs["history"] = tf.TensorSpec([1, max_len, rnn], f32, "history")
-        state_specs["history_keys"] = tf.TensorSpec([1, max_len, hidden], f32, "history_keys")
-        state_specs["step"] = tf.TensorSpec([1], tf.int32, "step")
-    static_specs = {
-        "features": image_specs[0],
-        "keys": tf.TensorSpec([1, regions, hidden], f32, "keys"),
-        "mean": tf.TensorSpec([1, feature_dim], f32, "mean"),
-        "region_mask": image_specs[1],
-    }
+        state_specs["history"] = tf.TensorSpec([batch, max_len, rnn], f32, "history")
+        state_specs["history_keys"] = tf.TensorSpec([batch, max_len, hidden], f32, "history_keys")
+        state_specs["step"] = tf.TensorSpec([batch], tf.int32, "step")
+    static_specs = {n: tf.TensorSpec(probe[n].shape, f32, n) for n in _STEP_STATIC[:3]}
+    static_specs["region_mask"] = image_specs[1]
     names = ["word", *state_specs, *static_specs]
-    specs = [tf.TensorSpec([1], tf.int32, "word"), *state_specs.values(), *static_specs.values()]
+    specs = [
+        tf.TensorSpec([batch], tf.int32, "word"),
+        *state_specs.values(),
+        *static_specs.values(),
+    ]
 
     def step_fn(*args):
         values = dict(zip(names, args, strict=True))
         state = {n: values[n] for n in state_specs}
-        static = {k: values[k] for k in ("features", "keys", "mean")}
+        static = {_ENCODER_OUTPUTS[k]: values[k] for k in _STEP_STATIC[:3]}
         static["mask"] = values["region_mask"] > 0.5
-        logits, new_state, weights = core.step(values["word"], state, static)
-        out = {"logits": logits, "attention": tf.cast(weights, f32)}
-        out.update({f"new_{k}": v for k, v in new_state.items()})
+        # tf.gather, not the Embedding layer: its negative-index fix is int32
+        # LESS/ADD/SELECT, which the GPU delegate does not run.
+        words = tf.gather(core.embedding.embeddings, values["word"])
+        new_state, weights = core.advance(None, state, static, word_vectors=words)
+        out = {
+            "logits": core.output_logits(new_state["h_lang"]),
+            "attention": tf.cast(weights, f32),
+        }
+        out.update({f"new_{k}": v for k, v in new_state.items() if k != "step"})
         return out
 
     step = tf.function(step_fn, input_signature=specs)
     return {"encoder": encoder.get_concrete_function(), "step": step.get_concrete_function()}
+
+
+# encoder output -> the `UpDownCore.precompute` entry it is.
+_ENCODER_OUTPUTS = {"regions": "features", "keys": "keys", "mean_gates": "mean_gates"}
 
 
 def convert(concrete_fn, variant: str) -> bytes:
@@ -121,14 +143,15 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class LiteDecoder:
-    """Host-side decoding over an encoder and a step flatbuffer (batch 1).
+    """Host-side decoding over an encoder and a step flatbuffer of `batch` rows.
 
     Args:
-        encoder, step: TFLite flatbuffers from `convert`.
+        encoder, step: TFLite flatbuffers from `convert` (of `step_functions`).
         max_len: int, tokens produced at most (incl. `<eos>`).
         num_threads: int, interpreter threads.
 
     Attributes:
+        batch: rows of every call (the beam size of `beam`).
         step_seconds, encode_seconds: wall time of every `step` / `encode` call.
     """
 
@@ -137,54 +160,80 @@ class LiteDecoder:
         self._encoder = _runner(encoder, num_threads)
         self._step = _runner(step, num_threads)
         details = self._step.get_input_details()
-        self.state_names = [n for n in details if n not in _STEP_STATIC + ("word",)]
+        self.batch = int(details["word"]["shape"][0])
+        self.state_names = [n for n in details if n not in _STEP_STATIC + ("word", "step")]
+        self.counts_steps = "step" in details
         self._zeros = {n: np.zeros(d["shape"], d["dtype"]) for n, d in details.items()}
         self.step_seconds: list[float] = []
         self.encode_seconds: list[float] = []
 
     def encode(self, features: np.ndarray, mask: np.ndarray) -> dict:
-        """Static inputs for `step` from `features` `[regions, dim]`, bool `mask` `[regions]`."""
-        inputs = {
-            "features": features[None].astype(np.float32),
-            "region_mask": mask[None].astype(np.float32),
-        }
+        """Static inputs for `step` from `features` `[batch, regions, dim]`, bool `mask`
+        `[batch, regions]`."""
         start = time.perf_counter()
-        out = self._encoder(**inputs)
+        out = self._encoder(
+            features=features.astype(np.float32), region_mask=mask.astype(np.float32)
+        )
         self.encode_seconds.append(time.perf_counter() - start)
-        return {**inputs, "keys": out["keys"], "mean": out["mean"]}
+        return {**{n: out[n] for n in _STEP_STATIC[:3]}, "region_mask": mask.astype(np.float32)}
 
     def initial_state(self) -> dict:
         return {n: self._zeros[n].copy() for n in self.state_names}
 
-    def step(self, word: int, state: dict, static: dict):
-        """Returns logits float32 `[vocab]`, the new state, attention `[regions]`."""
+    def step(self, words: np.ndarray, state: dict, static: dict, t: int):
+        """One call for all rows: logits float32 `[batch, vocab]`, the new state,
+        attention `[batch, regions]`; `t` is the step index (text attention's `step`)."""
+        extra = {"step": np.full([self.batch], t, np.int32)} if self.counts_steps else {}
         start = time.perf_counter()
-        out = self._step(word=np.array([word], np.int32), **state, **static)
+        out = self._step(word=words.astype(np.int32), **state, **static, **extra)
         self.step_seconds.append(time.perf_counter() - start)
-        new_state = {n: out[f"new_{n}"] for n in self.state_names}
-        return out["logits"][0], new_state, out["attention"][0]
+        return out["logits"], {n: out[f"new_{n}"] for n in self.state_names}, out["attention"]
 
-    def greedy(self, features: np.ndarray, mask: np.ndarray):
-        """As `tfcap.decoding.greedy.greedy`: ids int32 `[max_len]`, log-prob, attention."""
-        static, state = self.encode(features, mask), self.initial_state()
-        ids = np.zeros([self.max_len], np.int32)
-        attention = np.zeros([self.max_len, len(mask)], np.float32)
-        running, word = np.float32(0.0), BOS_ID
+    def greedy(self, features: np.ndarray, masks: np.ndarray):
+        """As `tfcap.decoding.greedy.greedy` for `[images, regions, dim]` features and bool
+        `[images, regions]` masks, `batch` images per call: ids int32 `[images, max_len]`,
+        log-probs float32 `[images]`, attention float32 `[images, max_len, regions]`."""
+        out = [
+            self._greedy_rows(*self._rows(features, masks, i))
+            for i in range(0, len(features), self.batch)
+        ]
+        return tuple(np.concatenate(x)[: len(features)] for x in zip(*out, strict=True))
+
+    def _rows(self, features, masks, start):
+        """Images `start:start + batch`, zero-padded (no regions) to `batch` rows."""
+        f = np.zeros((self.batch,) + features.shape[1:], np.float32)
+        m = np.zeros((self.batch,) + masks.shape[1:], bool)
+        n = min(self.batch, len(features) - start)
+        f[:n], m[:n] = features[start : start + n], masks[start : start + n]
+        return f, m, n
+
+    def _greedy_rows(self, features, masks, real):
+        static, state = self.encode(features, masks), self.initial_state()
+        b, regions = masks.shape
+        ids = np.zeros([b, self.max_len], np.int32)
+        attention = np.zeros([b, self.max_len, regions], np.float32)
+        running, finished = np.zeros([b], np.float32), np.zeros([b], bool)
+        words = np.full([b], BOS_ID, np.int32)
         for t in range(self.max_len):
-            logits, state, weights = self.step(word, state, static)
-            log_probs = log_softmax(logits)
-            word = int(np.argmax(running + log_probs))
-            ids[t], attention[t] = word, weights
-            running = np.float32(running + log_probs[word])
-            if word == EOS_ID:
+            if finished[:real].all():
                 break
-        return ids, running, attention
+            logits, state, weights = self.step(words, state, static, t)
+            log_probs = log_softmax(logits)
+            words = np.argmax(running[:, None] + log_probs, axis=-1).astype(np.int32)
+            words = np.where(finished, 0, words)
+            chosen = np.where(finished, 0.0, log_probs[np.arange(b), words]).astype(np.float32)
+            ids[:, t] = words
+            attention[:, t] = np.where(finished[:, None], 0.0, weights)
+            running = (running + chosen).astype(np.float32)
+            finished |= words == EOS_ID
+        return ids[:real], running[:real], attention[:real]
 
-    def beam(self, features: np.ndarray, mask: np.ndarray, beam_size: int, alpha: float = 0.0):
-        """As `tfcap.decoding.beam.beam_search` for one image: ids, score, attention."""
-        k, static = beam_size, self.encode(features, mask)
-        states = [self.initial_state()] * k
-        prev = np.full([k], BOS_ID, np.int32)
+    def beam(self, features: np.ndarray, mask: np.ndarray, alpha: float = 0.0):
+        """As `tfcap.decoding.beam.beam_search` for one image with `batch` beams, one step
+        call per step: ids int32 `[max_len]`, score, attention `[max_len, regions]`."""
+        k = self.batch
+        static = self.encode(np.repeat(features[None], k, 0), np.repeat(mask[None], k, 0))
+        state, prev = self.initial_state(), np.full([k], BOS_ID, np.int32)
         log_prob = np.array([0.0] + [_NEG] * (k - 1), np.float32)
         length, done = np.zeros([k], np.int32), np.zeros([k], bool)
         ids = np.zeros([k, self.max_len], np.int32)
@@ -192,7 +241,11 @@ class LiteDecoder:
         for t in range(self.max_len):
             if done.all():
                 break
-            log_probs, new_states, weights = self._expand(t, prev, states, static, done)
+            logits, new_state, weights = self.step(prev, state, static, t)
+            log_probs = log_softmax(logits)
+            frozen = np.full(log_probs.shape[1], _NEG, np.float32)
+            frozen[0] = 0.0  # a finished beam extends by <pad> at no cost
+            log_probs = np.where(done[:, None], frozen, log_probs)
             totals = log_prob[:, None] + log_probs  # [k, vocab]
             lengths = np.where(done, length, t + 1)
             scores = totals / _length_norm(alpha, lengths)[:, None]
@@ -204,36 +257,10 @@ class LiteDecoder:
             ids, attention = ids[parent], attention[parent]
             ids[:, t] = token
             attention[:, t] = np.where(was_done[:, None], 0.0, weights[parent])
-            states, prev = [new_states[p] for p in parent], token
+            state, prev = {n: v[parent] for n, v in new_state.items()}, token
         final = log_prob / _length_norm(alpha, length)
         top = int(np.argmax(final))
         return ids[top], final[top], attention[top]
-
-    def _expand(self, t, prev, states, static, done):
-        """Log-probs `[k, vocab]`, new states and attention `[k, regions]` of every beam."""
-        k = len(prev)
-        log_probs, new_states, weights = [], [], []
-        for b in range(k):
-            if done[b]:  # frozen: filled in below
-                log_probs.append(None)
-                new_states.append(states[b])
-                weights.append(None)
-            elif t == 0 and b > 0:  # every beam starts as the same <bos> hypothesis
-                log_probs.append(log_probs[0])
-                new_states.append(new_states[0])
-                weights.append(weights[0])
-            else:
-                logits, state, w = self.step(int(prev[b]), states[b], static)
-                log_probs.append(log_softmax(logits))
-                new_states.append(state)
-                weights.append(w)
-        vocab = next(lp.shape[0] for lp in log_probs if lp is not None)
-        regions = static["region_mask"].shape[1]
-        frozen = np.full([vocab], _NEG, np.float32)
-        frozen[0] = 0.0  # a finished beam extends by <pad> at no cost
-        log_probs = np.stack([frozen if lp is None else lp for lp in log_probs])
-        weights = np.stack([np.zeros([regions], np.float32) if w is None else w for w in weights])
-        return log_probs, new_states, weights
 
 
 def _length_norm(alpha: float, length: np.ndarray) -> np.ndarray:

@@ -1,25 +1,25 @@
 """Measurements for the TFLite report: test images, TF reference captions,
 parity, latency, and the GPU-delegate analysis of each flatbuffer.
 
-GPU analysis. `tf.lite.experimental.Analyzer.analyze(..., gpu_compatibility=True)`
-prints its verdict and per-op warnings to stdout; it is captured and kept
-whole. It is weak evidence (it passes a model with WHILE), so the report also
-lists, per model, the ops the GPU delegate is known to lack (control flow, the
-fused sequence LSTM), tensors of dynamic shape, and the ops that compute on
-int32/bool tensors (the delegate computes in float; the Analyzer does not
-flag these, a device run decides).
+GPU analysis. Every op is checked against the GPU delegate's own rules
+(`export.tflite_gpu`: op list, tensor types, per-op parameters, from LiteRT's
+sources) and each one outside them is listed. The Analyzer's verdict
+(`tf.lite.experimental.Analyzer.analyze(..., gpu_compatibility=True)`, printed
+to stdout, captured and kept whole) is recorded too, as weak evidence: it
+passes a model with WHILE. Also listed: control-flow and sequence-LSTM ops,
+and tensors of dynamic shape.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import re
 
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
+from export import tflite_gpu
 from export.tflite_models import pad_regions
 from tfcap import errors
 from tfcap.data import pipeline
@@ -28,8 +28,6 @@ from tfcap.inference import make_generate_fn
 
 # Builtin ops the GPU delegate does not run (DESIGN.md, "Toolchain facts").
 GPU_LACKS = ("WHILE", "IF", "UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM")
-_OP_LINE = re.compile(r"^\s*Op#\d+ (\w+)\((.*)\) -> \[(.*)\]")
-_TENSOR_LINE = re.compile(r"^\s*T#(\d+)\(.*\) shape:\[[^\]]*\], type:(\w+)")
 
 
 def test_images(data_dir: str, split: str, max_images: int, regions: int):
@@ -113,32 +111,20 @@ def analyze(flatbuffer: bytes) -> str:
 
 def gpu_findings(flatbuffer: bytes, analysis: str) -> dict:
     """Op counts and the GPU-delegate findings of one model (module docstring)."""
-    types = {}
-    ops: dict[str, int] = {}
-    non_float: set[str] = set()
-    lines = analysis.splitlines()
-    for line in lines:
-        if m := _TENSOR_LINE.match(line):
-            types[m[1]] = m[2]
-    for line in lines:
-        if m := _OP_LINE.match(line):
-            ops[m[1]] = ops.get(m[1], 0) + 1
-            outputs = re.findall(r"T#(\d+)", m[3])
-            if any(types.get(t) in ("INT32", "INT64", "BOOL") for t in outputs):
-                non_float.add(m[1])
-    warnings = [ln.strip() for ln in lines if "GPU COMPATIBILITY WARNING" in ln]
     interpreter = Interpreter(model_content=flatbuffer)
     dynamic = sorted(
         d["name"] for d in interpreter.get_tensor_details() if -1 in list(d["shape_signature"])
     )
-    compatible = "looks compatible with GPU delegate" in analysis
+    ops = tflite_gpu.op_counts(flatbuffer)
     return {
-        "ops": dict(sorted(ops.items())),
-        "analyzer_compatible": compatible,
-        "analyzer_warnings": warnings,
+        "ops": ops,
+        "rule_violations": tflite_gpu.violations(flatbuffer),
+        "analyzer_compatible": "looks compatible with GPU delegate" in analysis,
+        "analyzer_warnings": [
+            ln.strip() for ln in analysis.splitlines() if "GPU COMPATIBILITY WARNING" in ln
+        ],
         "lacking_ops": sorted(op for op in ops if op in GPU_LACKS),
         "dynamic_tensors": dynamic,
-        "non_float_ops": sorted(non_float),
     }
 
 
@@ -172,15 +158,17 @@ def markdown(report: dict) -> str:
         for model_name, m in v["models"].items():
             gpu = m["gpu"]
             verdict = "compatible" if gpu["analyzer_compatible"] else "NOT compatible"
+            broken = gpu["rule_violations"]
             lines += [
                 f"### {model_name} ({name}): `{m['file']}`",
                 "",
-                f"- Analyzer (`gpu_compatibility=True`): {verdict}; warnings: "
+                "- the delegate's rules (`export.tflite_gpu`): "
+                + (f"{len(broken)} op(s) outside them" if broken else "every op within them"),
+                *(f"  - {why}" for why in broken[:20]),
+                *([f"  - ... {len(broken) - 20} more"] if len(broken) > 20 else []),
+                f"- Analyzer (`gpu_compatibility=True`, weak evidence): {verdict}; warnings: "
                 + ("; ".join(gpu["analyzer_warnings"]) or "none"),
-                "- ops the GPU delegate lacks: " + (", ".join(gpu["lacking_ops"]) or "none"),
                 "- dynamic-shape tensors: " + (", ".join(gpu["dynamic_tensors"]) or "none"),
-                "- ops on int32/bool tensors (not flagged by the Analyzer): "
-                + (", ".join(gpu["non_float_ops"]) or "none"),
                 "- ops: " + ", ".join(f"{op} x{n}" for op, n in gpu["ops"].items()),
                 "",
             ]

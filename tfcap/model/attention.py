@@ -65,7 +65,9 @@ class RegionAttention(keras.layers.Layer):
         if keys is None:
             keys = self.region_proj(regions)  # [batch, regions, hidden]
         query = self.query_proj(query)[:, None, :]  # [batch, 1, hidden]
-        logits = self.score(tf.tanh(keys + query))[..., 0]  # [batch, regions]
+        # squeeze, not [..., 0]: TFLite turns the index into a STRIDED_SLICE with
+        # shrink_axis_mask, which the GPU delegate rejects; squeeze is a RESHAPE.
+        logits = tf.squeeze(self.score(tf.tanh(keys + query)), axis=-1)  # [batch, regions]
         logits = tf.cast(logits, tf.float32)
         if region_mask is not None:
             logits = tf.where(region_mask, logits, _MASK_LOGIT)

@@ -267,13 +267,18 @@ class UpDownCore(keras.layers.Layer):
         state, weights = self.advance(word_ids, state, static, training=training)
         return self.output_logits(state["h_lang"], training=training), state, weights
 
-    def advance(self, word_ids, state, static, training=False):
+    def advance(self, word_ids, state, static, training=False, word_vectors=None):
         """`step` without the logits: the new state dict and the region weights.
 
         Teacher forcing runs this in its loop and `output_logits` once on all
         steps' `h_lang` afterwards (one large matrix product instead of one per step).
+        `word_vectors` (float `[batch, embed_dim]`, optional) are the embedded
+        `word_ids` when the caller looked them up itself (export/tflite_models.py
+        gathers them without the Embedding layer's int32 negative-index fix).
         """
-        words = self.embed_dropout(self.embedding(word_ids), training=training)  # [batch, embed]
+        if word_vectors is None:
+            word_vectors = self.embedding(word_ids)
+        words = self.embed_dropout(word_vectors, training=training)  # [batch, embed]
         mean_gates = static.get("mean_gates")
         if mean_gates is None:
             mean_gates = self.att_lstm.project_static(static["mean"])
@@ -285,8 +290,10 @@ class UpDownCore(keras.layers.Layer):
         new_state = {"h_att": h_att, "c_att": c_att}
         lang_inputs = [context, h_att]
         if self.text_attention:
-            step = state["step"]
-            past = tf.range(self.max_len)[None, :] < step[:, None]  # [batch, max_len]
+            # Compared as float32 (exact for these small counts): TFLite's GPU
+            # delegate computes no int32 comparisons.
+            step = tf.cast(state["step"], tf.float32)
+            past = tf.range(self.max_len, dtype=tf.float32)[None, :] < tf.expand_dims(step, 1)
             text_context, _ = self.history_attention(
                 h_att, state["history"], past, keys=state["history_keys"]
             )
@@ -310,13 +317,21 @@ class UpDownCore(keras.layers.Layer):
         return tf.where(tf.constant(hit), _SUPPRESSED_LOGIT, logits)
 
     def _record(self, state, h_lang):
-        """Writes `h_lang` and its keys into row `step` of the history buffers."""
-        write = tf.one_hot(state["step"], self.max_len, on_value=True, off_value=False)
-        write = write[:, :, None]  # [batch, max_len, 1]
+        """Writes `h_lang` and its keys into row `step` of the history buffers.
+
+        As `where(row == step, new, old)`, with float arithmetic on a 0/1 row
+        selector (the same values exactly) so that TFLite's GPU delegate can run
+        it: it has no int32 or bool ONE_HOT, no fp16 on/off values, and no
+        SELECT_V2 that broadcasts `new` over the rows.
+        """
+        rows = tf.range(self.max_len, dtype=h_lang.dtype)[None, :, None]  # [1, max_len, 1]
+        step = tf.reshape(tf.cast(state["step"], h_lang.dtype), [-1, 1, 1])  # [batch, 1, 1]
+        write = tf.nn.relu(1.0 - tf.abs(rows - step))  # 1 at row `step`, else 0 (integers)
+        keep = 1.0 - write  # [batch, max_len, 1]
         keys = self.history_attention.project(h_lang[:, None, :])  # [batch, 1, att_hidden]
         return {
-            "history": tf.where(write, h_lang[:, None, :], state["history"]),
-            "history_keys": tf.where(write, keys, state["history_keys"]),
+            "history": state["history"] * keep + tf.matmul(write, h_lang[:, None, :]),
+            "history_keys": state["history_keys"] * keep + tf.matmul(write, keys),
             "step": state["step"] + 1,
         }
 
