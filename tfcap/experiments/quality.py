@@ -61,8 +61,9 @@ _TABLE = flags.DEFINE_bool("table", False, "Only print the table of what is in -
 _FORK = flags.DEFINE_string(
     "fork",
     None,
-    "Start each seed from variant FORK's model at the end of its xe phase (its latest "
-    "xe checkpoint), e.g. to compare scst settings on the same xe models.",
+    "VARIANT or VARIANT:PHASE (default xe): start each seed from that variant's model at "
+    "the end of PHASE (its checkpoint there), e.g. to compare scst settings on the same "
+    "xe models.",
 )
 
 KEYS = (
@@ -117,15 +118,15 @@ def prepare_data(work_dir: str, test_images: int) -> str:
     return data_dir
 
 
-def fork(source: str, model_dir: str) -> None:
-    """Copies the model dir `source` as it was at the end of its xe phase."""
+def fork(source: str, model_dir: str, phase: str = "xe") -> None:
+    """Copies the model dir `source` as it was at the end of its `phase`."""
     import shutil
 
     import tensorflow as tf
 
-    end = tf.train.latest_checkpoint(os.path.join(source, "phase_xe"))
+    end = tf.train.latest_checkpoint(os.path.join(source, f"phase_{phase}"))
     if end is None:
-        raise errors.MissingInput(f"{source}/phase_xe: no xe snapshot to fork from")
+        raise errors.MissingInput(f"{source}/phase_{phase}: no snapshot to fork from")
     step = int(end.rsplit("-", 1)[1])
     shutil.copytree(source, model_dir)
     ckpt_dir = os.path.join(model_dir, "ckpt")
@@ -134,13 +135,15 @@ def fork(source: str, model_dir: str) -> None:
     keep = [p for p in paths if int(p.rsplit("-", 1)[1]) <= step]
     if not keep or int(keep[-1].rsplit("-", 1)[1]) != step:
         shutil.rmtree(model_dir)
-        raise errors.BadInput(f"{source}/ckpt no longer holds ckpt-{step}, the end of xe")
+        raise errors.BadInput(f"{source}/ckpt no longer holds ckpt-{step}, the end of {phase}")
     for p in paths:
         if p not in keep:
             for f in tf.io.gfile.glob(p + ".*"):
                 os.remove(f)
     tf.train.update_checkpoint_state(ckpt_dir, keep[-1], keep)
-    for name in ("phase_scst", "phase_gan", "discriminator.json", "scores_scst_val.json"):
+    later = {"xe": ("scst", "gan"), "scst": ("gan",), "gan": ()}[phase]
+    names = [f"phase_{p}" for p in later] + [f"scores_{p}_val.json" for p in later]
+    for name in names + (["discriminator.json"] if "gan" in later else []):
         path = os.path.join(model_dir, name)
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -159,8 +162,9 @@ def train(data_dir: str, run_dir: str, seed: int) -> dict[str, float]:
     model_dir, log = os.path.join(run_dir, "model"), os.path.join(run_dir, "train.log")
     os.makedirs(run_dir, exist_ok=True)
     if _FORK.value and not os.path.exists(model_dir):
-        source = os.path.join(os.path.dirname(os.path.dirname(run_dir)), _FORK.value)
-        fork(os.path.join(source, os.path.basename(run_dir), "model"), model_dir)
+        variant, _, phase = _FORK.value.partition(":")
+        source = os.path.join(os.path.dirname(os.path.dirname(run_dir)), variant)
+        fork(os.path.join(source, os.path.basename(run_dir), "model"), model_dir, phase or "xe")
     argv = [
         sys.executable,
         "-m",
