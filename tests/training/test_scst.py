@@ -327,7 +327,7 @@ def test_reward_scores_against_every_reference_of_the_image(shapes_dir):
     batch = next(iter(ds))
     assert batch["references"].shape == [4, 5, 17]
     texts = {}
-    for image_id, rows in zip(batch["image_id"].numpy(), batch["references"].numpy()):
+    for image_id, rows in zip(batch["image_id"].numpy(), batch["references"].numpy(), strict=True):
         texts[int(image_id)] = [" ".join(words[i] for i in r if i > vocab.EOS_ID) for r in rows]
     refs = inference_refs(shapes_dir)
     for image_id, got in texts.items():
