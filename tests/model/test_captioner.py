@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfcap.model.captioner import Captioner
+from tfcap.model.grad_taps import GradTaps
 from tfcap.model.presets import PRESETS
 
 SIZES = dict(vocab_size=11, rnn_size=8, embed_dim=6, att_hidden=5, dropout=0.2, max_len=5)
@@ -198,3 +199,52 @@ def test_speed_switches_change_no_result(text_attention):
     for a, b in zip(fast[2], slow[2], strict=True):
         np.testing.assert_allclose(tf.convert_to_tensor(a), tf.convert_to_tensor(b), atol=1e-6)
     np.testing.assert_array_equal(fast[3][0], slow[3][0])
+
+
+@pytest.mark.parametrize("text_attention", [False, True])
+def test_batched_weight_gradients_equal_the_tape(text_attention):
+    """Gradient taps (recurrent kernels' gradients as one product after the loop) give the
+    tape's gradients of every variable."""
+    model = _model(text_attention=text_attention)
+    batch = _batch(seed=5)
+    args = batch["features"], batch["region_mask"], batch["captions"]
+    variables = model.trainable_variables
+
+    def run(tapped):
+        with tf.GradientTape() as tape:
+            taps = GradTaps(tape) if tapped else None
+            logits, _ = model.teacher_forcing(*args, taps=taps)
+            loss = _xe_loss(logits, batch["captions"])
+        grads = taps.gradients(loss, variables) if tapped else tape.gradient(loss, variables)
+        return logits, grads, taps
+
+    plain, (logits, grads, taps) = run(False), run(True)
+    np.testing.assert_array_equal(plain[0], logits)
+    kernels = {id(layer.kernel) for layer in model.core.tapped_layers().values()}
+    assert len(kernels) == 3 and set(taps.inputs) == set(taps.zeros)
+    for v, a, b in zip(variables, plain[1], grads, strict=True):
+        a, b = tf.convert_to_tensor(a), tf.convert_to_tensor(b)
+        assert float(tf.reduce_max(tf.abs(a))) > 0, v.path  # every kernel gets a gradient
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=v.path)
+    with pytest.raises(ValueError, match="taps need sample_prob 0"):
+        with tf.GradientTape() as tape:
+            model.teacher_forcing(*args, sample_prob=0.5, seed=1, taps=GradTaps(tape))
+
+
+def test_xe_step_with_batched_weight_gradients_is_the_same_update():
+    """Two XE training steps (clip, Adam) with and without gradient taps: same weights."""
+    from tfcap.training import xe
+
+    batch = _batch(seed=6)
+    after = []
+    for tapped in (True, False):
+        keras.utils.set_random_seed(0)
+        model = _model()
+        model.batched_weight_grads = tapped
+        optimizer = keras.optimizers.Adam(1e-2)
+        step = xe.make_xe_step(tf.distribute.get_strategy(), model, optimizer, xe.XEConfig())
+        for _ in range(2):
+            step(batch, 0.0, tf.constant([0, 0], tf.int64))
+        after.append([v.numpy() for v in model.trainable_variables])
+    for a, b in zip(*after, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -61,10 +61,12 @@ class RegionAttention(keras.layers.Layer):
         """Keys `[batch, regions, hidden_dim]` of `regions` `[batch, regions, dim]`."""
         return self.region_proj(regions)
 
-    def call(self, query, regions, region_mask=None, keys=None):
+    def call(self, query, regions, region_mask=None, keys=None, tap=None):
         if keys is None:
             keys = self.region_proj(regions)  # [batch, regions, hidden]
-        query = self.query_proj(query)[:, None, :]  # [batch, 1, hidden]
+        # `tap` (tfcap.model.grad_taps): the query kernel's gradient after the loop.
+        query = self.query_proj(query) if tap is None else tap.dense(self.query_proj, query)
+        query = query[:, None, :]  # [batch, 1, hidden]
         # squeeze, not [..., 0]: TFLite turns the index into a STRIDED_SLICE with
         # shrink_axis_mask, which the GPU delegate rejects; squeeze is a RESHAPE.
         logits = tf.squeeze(self.score(tf.tanh(keys + query)), axis=-1)  # [batch, regions]

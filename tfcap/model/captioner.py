@@ -21,6 +21,7 @@ from tfcap.data.vocab import BOS_ID, EOS_ID
 from tfcap.decoding.beam import beam_search
 from tfcap.decoding.greedy import greedy
 from tfcap.decoding.sampling import as_seed, sample
+from tfcap.model.grad_taps import StepTap
 from tfcap.model.presets import PRESETS
 from tfcap.model.updown import UpDownCore
 
@@ -73,6 +74,8 @@ class Captioner(keras.Model):
         # They change the order of float operations, never the model.
         self.hoist_mean_gates = True  # the mean feature's gate term once per caption
         self.logits_after_loop = True  # teacher forcing: one vocabulary product after the loop
+        # XE: the recurrent kernels' gradients as one product over all steps (grad_taps)
+        self.batched_weight_grads = True
         self.core = UpDownCore(
             vocab_size,
             rnn_size=rnn_size,
@@ -107,7 +110,7 @@ class Captioner(keras.Model):
         )
 
     def teacher_forcing(
-        self, features, region_mask, captions, training=False, sample_prob=0.0, seed=None
+        self, features, region_mask, captions, training=False, sample_prob=0.0, seed=None, taps=None
     ):
         """Runs the core over `captions[..., :-1]`, optionally with scheduled sampling.
 
@@ -124,6 +127,10 @@ class Captioner(keras.Model):
                 the choice). 0.0 (Python) skips the sampling ops entirely.
             seed: int, int `[2]` tensor (stateless RNG) or None (drawn from
                 the global RNG) for the scheduled sampling.
+            taps: optional `tfcap.model.grad_taps.GradTaps`: the recurrent
+                kernels' gradients as one product after the loop (its
+                `gradients`). Only without scheduled sampling and with the
+                vocabulary projection after the loop.
 
         Returns:
             logits float32 `[rows, length - 1, vocab]`, attention
@@ -141,7 +148,11 @@ class Captioner(keras.Model):
         scheduled = not (isinstance(sample_prob, float | int) and sample_prob == 0)
         seed = as_seed(seed) if scheduled else None
         inputs = tf.cast(captions[:, :-1], tf.int32)  # [rows, time]
-        return self._unroll(static, inputs, training, sample_prob if scheduled else None, seed)
+        if taps is not None and (scheduled or not self.logits_after_loop):
+            raise ValueError("taps need sample_prob 0 and logits_after_loop")
+        return self._unroll(
+            static, inputs, training, sample_prob if scheduled else None, seed, taps
+        )
 
     def _precompute(self, features, region_mask, training=False):
         static = self.core.precompute(features, region_mask, training=training)
@@ -159,7 +170,7 @@ class Captioner(keras.Model):
             return static
         return tf.nest.map_structure(lambda x: tf.repeat(x, repeats, axis=0), static)
 
-    def _unroll(self, static, inputs, training, sample_prob, seed):
+    def _unroll(self, static, inputs, training, sample_prob, seed, taps=None):
         """Teacher-forced loop; returns batch-major logits and attention.
 
         Without scheduled sampling the loop keeps only the language-LSTM outputs
@@ -175,8 +186,12 @@ class Captioner(keras.Model):
             element_shape=[None, self.vocab_size if in_loop else self.core.rnn_size],
         )
         attention_ta = tf.TensorArray(self.compute_dtype, size=steps)
+        readers, inputs_tas = {}, {}
+        if taps is not None:
+            readers = taps.begin(self.core.tapped_layers(), steps, rows, self.compute_dtype)
+            inputs_tas = {n: tf.TensorArray(self.compute_dtype, size=steps) for n in readers}
 
-        def body(t, state, prev_logits, out_ta, attention_ta):
+        def body(t, state, prev_logits, out_ta, attention_ta, inputs_tas):
             words = inputs[:, t]  # [rows]
             if scheduled:
                 words = _scheduled_sample(words, prev_logits, t, sample_prob, seed)
@@ -185,9 +200,14 @@ class Captioner(keras.Model):
                 out = logits
                 prev_logits = logits if scheduled else prev_logits
             else:
-                state, weights = self.core.advance(words, state, static, training=training)
+                step_taps = {n: StepTap(r.read(t)) for n, r in readers.items()}
+                state, weights = self.core.advance(
+                    words, state, static, training=training, taps=step_taps
+                )
                 out = state["h_lang"]
-            return t + 1, state, prev_logits, out_ta.write(t, out), attention_ta.write(t, weights)
+                inputs_tas = {n: ta.write(t, step_taps[n].x) for n, ta in inputs_tas.items()}
+            out_ta, attention_ta = out_ta.write(t, out), attention_ta.write(t, weights)
+            return t + 1, state, prev_logits, out_ta, attention_ta, inputs_tas
 
         loop_vars = (
             tf.constant(0),
@@ -195,11 +215,14 @@ class Captioner(keras.Model):
             tf.zeros([rows, self.vocab_size] if scheduled else [0, 0]),
             out_ta,
             attention_ta,
+            inputs_tas,
         )
         # maximum_iterations: XLA needs it to size the gradient's accumulators.
-        *_, out_ta, attention_ta = tf.while_loop(
+        *_, out_ta, attention_ta, inputs_tas = tf.while_loop(
             lambda t, *_: t < steps, body, loop_vars, maximum_iterations=steps
         )
+        if taps is not None:
+            taps.finish({n: ta.stack() for n, ta in inputs_tas.items()})
         out = tf.transpose(out_ta.stack(), [1, 0, 2])  # [rows, time, vocab or rnn_size]
         logits = out if in_loop else self.core.output_logits(out, training=training)
         return logits, tf.transpose(attention_ta.stack(), [1, 0, 2])

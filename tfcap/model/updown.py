@@ -91,8 +91,9 @@ class LSTMCell(keras.layers.Layer):
         """`[batch, 4 * units]` gate contribution of the fixed input `[batch, static_dim]`."""
         return self.static_gates(static_input)
 
-    def call(self, inputs, h, c, static_gates=None):
-        gates = self.gates(tf.concat([inputs, h], axis=-1))  # [batch, 4 * units]
+    def call(self, inputs, h, c, static_gates=None, tap=None):
+        x = tf.concat([inputs, h], axis=-1)  # [batch, input_dim + units]
+        gates = self.gates(x) if tap is None else tap.dense(self.gates, x)  # [batch, 4 * units]
         if self.static_input:
             if static_gates is None:
                 raise ValueError("this cell has a static input: pass static_gates")
@@ -267,7 +268,7 @@ class UpDownCore(keras.layers.Layer):
         state, weights = self.advance(word_ids, state, static, training=training)
         return self.output_logits(state["h_lang"], training=training), state, weights
 
-    def advance(self, word_ids, state, static, training=False, word_vectors=None):
+    def advance(self, word_ids, state, static, training=False, word_vectors=None, taps=None):
         """`step` without the logits: the new state dict and the region weights.
 
         Teacher forcing runs this in its loop and `output_logits` once on all
@@ -275,6 +276,8 @@ class UpDownCore(keras.layers.Layer):
         `word_vectors` (float `[batch, embed_dim]`, optional) are the embedded
         `word_ids` when the caller looked them up itself (export/tflite_models.py
         gathers them without the Embedding layer's int32 negative-index fix).
+        `taps` (optional, `tfcap.model.grad_taps.StepTaps`): the step's recurrent
+        products leave their kernels' gradients to one product after the loop.
         """
         if word_vectors is None:
             word_vectors = self.embedding(word_ids)
@@ -283,9 +286,16 @@ class UpDownCore(keras.layers.Layer):
         if mean_gates is None:
             mean_gates = self.att_lstm.project_static(static["mean"])
         att_inputs = tf.concat([state["h_lang"], words], axis=-1)
-        h_att, c_att = self.att_lstm(att_inputs, state["h_att"], state["c_att"], mean_gates)
+        taps = taps or {}
+        h_att, c_att = self.att_lstm(
+            att_inputs, state["h_att"], state["c_att"], mean_gates, tap=taps.get("att_lstm")
+        )
         context, weights = self.region_attention(
-            h_att, static["features"], static["mask"], keys=static["keys"]
+            h_att,
+            static["features"],
+            static["mask"],
+            keys=static["keys"],
+            tap=taps.get("region_query"),
         )
         new_state = {"h_att": h_att, "c_att": c_att}
         lang_inputs = [context, h_att]
@@ -299,11 +309,21 @@ class UpDownCore(keras.layers.Layer):
             )
             lang_inputs.insert(1, text_context)
         lang_inputs = tf.concat(lang_inputs, axis=-1)
-        h_lang, c_lang = self.lang_lstm(lang_inputs, state["h_lang"], state["c_lang"])
+        h_lang, c_lang = self.lang_lstm(
+            lang_inputs, state["h_lang"], state["c_lang"], tap=taps.get("lang_lstm")
+        )
         new_state.update(h_lang=h_lang, c_lang=c_lang)
         if self.text_attention:
             new_state.update(self._record(state, h_lang))
         return new_state, weights
+
+    def tapped_layers(self) -> dict:
+        """The Dense layers `advance` can tap (`tfcap.model.grad_taps`), by tap name."""
+        return {
+            "att_lstm": self.att_lstm.gates,
+            "region_query": self.region_attention.query_proj,
+            "lang_lstm": self.lang_lstm.gates,
+        }
 
     def output_logits(self, h_lang, training=False):
         """float32 logits `[..., vocab]` of language-LSTM outputs `[..., rnn_size]`."""

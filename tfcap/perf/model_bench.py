@@ -8,8 +8,9 @@ switches can be compared in one run:
   the loop, the mean feature's gate term recomputed at every step, the
   vocabulary projection inside the loop.
 - `+ plain loop at sample_prob 0`, `+ mean gate term once per caption`,
-  `+ vocabulary projection after the loop`: each adds one change (the last is
-  the default float32 path).
+  `+ vocabulary projection after the loop`, `+ recurrent weight gradients
+  batched over steps` (`tfcap.model.grad_taps`): each adds one change (the
+  last is the default float32 path).
 - `+ mixed precision (bfloat16)`: the default with the `mixed_bfloat16` policy
   (float32 variables, bfloat16 products).
 - `XLA (jit_compile)`: the default path compiled by XLA.
@@ -39,6 +40,7 @@ class Variant:
     sampling_ops: bool = False  # run the scheduled-sampling loop (at a negligible rate)
     jit_compile: bool = False
     rescore: bool = False  # SCST: score the samples again by teacher forcing
+    batched_weight_grads: bool = True  # XE: recurrent kernels' gradients after the loop
 
 
 BEFORE = Variant("before", hoist_mean_gates=False, logits_after_loop=False, sampling_ops=True)
@@ -46,7 +48,8 @@ XE_VARIANTS = (
     BEFORE,
     Variant("+ plain loop at sample_prob 0", hoist_mean_gates=False, logits_after_loop=False),
     Variant("+ mean gate term once per caption", logits_after_loop=False),
-    Variant("+ vocabulary projection after the loop (float32 default)"),
+    Variant("+ vocabulary projection after the loop", batched_weight_grads=False),
+    Variant("+ recurrent weight gradients batched over steps (float32 default)"),
     Variant("+ mixed precision (bfloat16)", dtype="mixed_bfloat16"),
     Variant("XLA (jit_compile), float32", jit_compile=True),
 )
@@ -61,7 +64,7 @@ DECODE_VARIANTS = (
     Variant("+ mixed precision (bfloat16)", dtype="mixed_bfloat16"),
     Variant("XLA (jit_compile), float32", jit_compile=True),
 )
-DEFAULT = XE_VARIANTS[3]
+DEFAULT = XE_VARIANTS[4]
 
 
 def random_batch(preset: str, batch_size: int, seq_per_img: int = 5, length: int = 16):
@@ -90,6 +93,7 @@ def _model(preset: str, variant: Variant, vocab_size: int, dim: int):
     model.build((None, None, dim))
     model.hoist_mean_gates = variant.hoist_mean_gates
     model.logits_after_loop = variant.logits_after_loop
+    model.batched_weight_grads = variant.batched_weight_grads
     optimizer = keras.optimizers.Adam(5e-4)
     optimizer.build(model.trainable_variables)
     return model, optimizer
@@ -171,7 +175,7 @@ BENCHES = {"xe": bench_xe, "scst": bench_scst, "decode": bench_decode}
 VARIANTS = {"xe": XE_VARIANTS, "scst": SCST_VARIANTS, "decode": DECODE_VARIANTS}
 # With --novariants: the float32 and bfloat16 defaults only.
 DEFAULTS = {
-    "xe": (DEFAULT, XE_VARIANTS[4]),
+    "xe": (DEFAULT, XE_VARIANTS[5]),
     "scst": SCST_VARIANTS[2:],
     "decode": DECODE_VARIANTS[:2],
 }

@@ -16,6 +16,7 @@ import tensorflow as tf
 from tfcap.data import vocab
 from tfcap.losses import token_cross_entropy
 from tfcap.model.captioner import Captioner
+from tfcap.model.grad_taps import GradTaps
 from tfcap.training.updates import apply_if_finite, reduce_gradients
 
 
@@ -63,7 +64,9 @@ def make_xe_step(
         )
         replica_seed = tf.random.experimental.stateless_fold_in(seed, ctx.replica_id_in_sync_group)
         variables = model.trainable_variables
+        tapped = not scheduled and model.batched_weight_grads and model.logits_after_loop
         with tf.GradientTape() as tape:
+            taps = GradTaps(tape) if tapped else None
             logits, _ = model.teacher_forcing(
                 batch["features"],
                 batch["region_mask"],
@@ -71,12 +74,14 @@ def make_xe_step(
                 training=True,
                 sample_prob=sample_prob if scheduled else 0.0,
                 seed=replica_seed,
+                taps=taps,
             )
             loss = token_cross_entropy(logits, targets, mask, config.label_smoothing)
             loss = tf.reduce_sum(loss) / tf.maximum(tokens, 1.0)
             if loss_multiplier is not None:
                 loss = loss * loss_multiplier
-        grads, norm, finite = reduce_gradients(tape.gradient(loss, variables), loss)
+        grads = taps.gradients(loss, variables) if tapped else tape.gradient(loss, variables)
+        grads, norm, finite = reduce_gradients(grads, loss)
         return loss, norm, grads, finite
 
     def make(scheduled):
