@@ -25,6 +25,7 @@ BAD_INPUT_AREAS = (
     "evaluation",
     "captioning",
     "serving",
+    "benchmarks",
 )
 
 

@@ -12,10 +12,15 @@ from tfcap.perf import flops, model_bench
 
 def test_run_all_benchmarks_demo(shapes_dir):
     out = bench.run(
-        list(bench.BENCHMARKS), "demo", 2, repeats=1, variants=True, data_dir=str(shapes_dir)
+        list(bench.DEFAULT_BENCHMARKS),
+        "demo",
+        2,
+        repeats=1,
+        variants=True,
+        data_dir=str(shapes_dir),
     )
     res = out["results"]
-    assert set(res) == set(bench.BENCHMARKS)
+    assert set(res) == set(bench.DEFAULT_BENCHMARKS)
     xe = res["xe"]["variants"]
     assert [r["variant"] for r in xe] == [v.name for v in model_bench.XE_VARIANTS]
     for r in xe:
@@ -91,3 +96,75 @@ def test_flops_grow_with_every_size():
     for key in base:
         assert flops.xe_step_flops(**{**base, key: base[key] * 2}) > f, key
     assert flops.xe_step_flops(**base, text_attention=True) > f
+
+
+def test_phase_benchmark_times_a_whole_training_run(shapes_dir, tmp_path):
+    flags = ["--val_images=10", "--log_every=3", "--eval_every=6", "--checkpoint_every=6"]
+    p = bench.bench_phase(str(shapes_dir), 6, str(tmp_path), train_flags=flags)
+    assert p["steps"] == 6 and p["batch_images"] == 20
+    assert p["images_per_s"] == pytest.approx(6 * 20 / p["seconds"])
+    # The steady rate leaves startup and the first step out: above the whole-run rate.
+    assert p["steady_images_per_s"] > p["images_per_s"]
+    assert (tmp_path / "model").is_dir()
+    with pytest.raises(Exception, match="--preset=demo"):
+        bench.run(["phase"], "updown", 10, repeats=1, variants=False)
+
+
+def _reference_line(**overrides) -> str:
+    """A line in the format of ../shared/reference/bench_updown_torch.py's output."""
+    line = {
+        "bench": "self-critical.pytorch UpDown (CPU, random weights)",
+        "torch": "2.13.0+cpu",
+        "threads": 2,
+        "cpu": bench.machine()["cpu"],
+        "images": 10,
+        "ms": {"xe_train_step": 1898.0, "scst_step_ciderd_reward": 2257.0},
+        "ms_per_image": {"greedy_decode": 19.7, "beam3_decode": 40.0, "beam5_decode": 64.7},
+    }
+    return json.dumps({**line, **overrides})
+
+
+def test_reference_json_gives_same_run_ratios(tmp_path):
+    path = tmp_path / "ref.json"
+    path.write_text("timing xe ...\n" + _reference_line() + "\n")
+    ref = bench.load_reference(str(path), "updown", 10, bench.machine()["cpu"])
+    assert ref["xe_step_s"] == pytest.approx(1.898) and ref["beam5_ms"] == 64.7
+    xe = {"variant": "a", "dtype": "float32", "seconds": 0.5, "peak_rss_mb": 1}
+    decode = {"variant": "a", "peak_rss_mb": 1, "greedy_ms_per_image": 10.0}
+    decode.update(beam3_ms_per_image=20.0, beam5_ms_per_image=32.35)
+    out = {
+        "preset": "updown",
+        "batch_images": 10,
+        "reference": ref,
+        "results": {
+            "xe": {"flops_per_step": 10**9, "variants": [xe]},
+            "decode": {"variants": [decode]},
+        },
+    }
+    bench._derive(out)
+    assert out["results"]["xe"]["variants"][0]["speedup_vs_reference"] == pytest.approx(3.796)
+    row = out["results"]["decode"]["variants"][0]
+    assert row["greedy_speedup_vs_reference"] == pytest.approx(1.97)
+    assert row["beam5_speedup_vs_reference"] == pytest.approx(2.0)
+    assert "3.80x" in bench.table({**out, "machine": {**bench.machine(), "tensorflow": "x"}})
+
+
+@pytest.mark.bad_input("benchmarks")
+@pytest.mark.parametrize(
+    "text, preset, batch, match",
+    [
+        ("not json", "updown", 10, "not the reference's JSON line"),
+        (_reference_line(images=20), "updown", 10, "measured at 20 images.*--batch_size=20"),
+        (_reference_line(cpu="Some Other CPU"), "updown", 10, "measured on 'Some Other CPU'"),
+        (_reference_line(), "demo", 10, "reference runs the updown sizes"),
+        (_reference_line(ms={}, ms_per_image={}), "updown", 10, "none of"),
+    ],
+)
+def test_reference_json_mistakes_are_named(tmp_path, text, preset, batch, match):
+    path = tmp_path / "ref.json"
+    path.write_text(text)
+    with pytest.raises(bench.errors.BadInput, match=match) as err:
+        bench.load_reference(str(path), preset, batch, bench.machine()["cpu"])
+    assert str(path) in str(err.value)
+    with pytest.raises(bench.errors.MissingInput, match="--reference_json.*no such file"):
+        bench.load_reference(str(tmp_path / "absent.json"), "updown", 10, "cpu")

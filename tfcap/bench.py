@@ -1,6 +1,7 @@
 r"""Speed figures: medians over repeated runs after warm-up; a table and JSON.
 
   python -m tfcap.bench [--preset=updown|demo] [--only=...] [--json_out=PATH]
+                        [--reference_json=PATH] [--device=/CPU:0|/GPU:0]
 
 Benchmarks (`--only`, default all, in this order):
   peak    float32 and bfloat16 2048^3 matrix-product GFLOP/s of this machine.
@@ -18,12 +19,22 @@ Benchmarks (`--only`, default all, in this order):
           batch), on --data_dir or on random records it writes itself at the
           updown preset's size (36 regions x 2048 float16, 5 x 16-word captions),
           against the records/s the fastest XE step consumes.
+  phase   (--preset=demo only, not in the default list) a whole XE phase of
+          `python -m tfcap.train --flagfile=configs/demo.flags --phases=xe`
+          (--phase_steps, default the demo's 1,251 steps of 20 images) in a
+          fresh process on the demo data (--data_dir, or prepared here):
+          images/s over the wall time incl. startup, input, logging,
+          validation and checkpoints, and the steady img/s of its log.
 
 Every figure is measured in this run; ratios compare figures of the same run.
 Each model variant runs in a fresh process, one at a time; its peak RSS is the
 peak memory of that process (model, optimizer, compiled step and data).
-The reference column holds a widely used PyTorch implementation of the same
-model measured on these 2-core machines (its own figures, not run here).
+
+Reference: `--reference_json` takes the JSON line of the PyTorch Up-Down
+reference's benchmark (../shared/reference/bench_updown_torch.py, updown sizes,
+10 images x 5 captions), measured on this machine just before (see
+scripts/bench_vs_reference.sh). The tables then show its figures beside
+tfcap's and their ratios; no figure measured elsewhere is used.
 """
 
 from __future__ import annotations
@@ -32,15 +43,32 @@ import itertools
 import json
 import os
 import platform
+import re
+import subprocess
+import sys
 import tempfile
+import time
 
 from absl import app, flags, logging
 
 from tfcap import cli, cli_flags, errors
 from tfcap.perf.timing import PeakRSS, matmul_peak, median_time
 
-BENCHMARKS = ("peak", "cider", "xe", "scst", "decode", "input")
-_ONLY = flags.DEFINE_list("only", list(BENCHMARKS), f"Benchmarks to run, of {BENCHMARKS}.")
+BENCHMARKS = ("peak", "cider", "xe", "scst", "decode", "input", "phase")
+DEFAULT_BENCHMARKS = BENCHMARKS[:-1]  # phase takes minutes: on request
+_ONLY = flags.DEFINE_list("only", list(DEFAULT_BENCHMARKS), f"Benchmarks to run, of {BENCHMARKS}.")
+_REFERENCE_JSON = flags.DEFINE_string(
+    "reference_json",
+    None,
+    "The JSON line of ../shared/reference/bench_updown_torch.py run on this machine (updown "
+    "preset, batch 10): its figures and the ratios go beside tfcap's.",
+)
+_DEVICE = flags.DEFINE_string(
+    "device", "", "Device of the model benchmarks, e.g. /CPU:0 or /GPU:0 (default: TF's choice)."
+)
+_PHASE_STEPS = flags.DEFINE_integer(
+    "phase_steps", 1251, "XE steps of the phase benchmark (the demo's 5 epochs).", lower_bound=1
+)
 _JSON_OUT = flags.DEFINE_string(
     "json_out", None, "Write the results JSON here (else print it after the tables)."
 )
@@ -52,9 +80,70 @@ _VARIANTS = flags.DEFINE_bool(
 for _name in ("data_dir", "batch_size", "preset"):
     flags.declare_key_flag(_name)  # shared flags (tfcap.cli_flags) in --helpshort
 
-# A PyTorch Up-Down implementation on these machines (updown preset, batch 10 x 5).
-REFERENCE = {"xe_step_s": 3.1, "scst_step_s": 3.8, "greedy_ms": 45.0, "beam5_ms": 115.0}
-TARGETS = {"step_speedup": 2.0, "beam5_speedup": 2.0, "cider_speedup": 20.0, "input_ratio": 10.0}
+# Speed targets as ratios (reference / tfcap, same run); input: records/s over consumption.
+TARGETS = {
+    "xe_vs_reference": 2.5,
+    "scst_vs_reference": 2.5,
+    "greedy_vs_reference": 2.0,
+    "beam5_vs_reference": 3.0,
+    "demo_phase_vs_reference": 1.5,
+    "bfloat16_vs_float32_xe": 2.0,
+    "input_ratio": 10.0,
+}
+# The reference benchmark's JSON keys -> the figures compared ("ms" or "ms_per_image").
+_REFERENCE_KEYS = {
+    "xe_step_s": ("ms", "xe_train_step", 1e-3),
+    "scst_step_s": ("ms", "scst_step_ciderd_reward", 1e-3),
+    "greedy_ms": ("ms_per_image", "greedy_decode", 1.0),
+    "beam3_ms": ("ms_per_image", "beam3_decode", 1.0),
+    "beam5_ms": ("ms_per_image", "beam5_decode", 1.0),
+}
+
+
+def load_reference(path: str, preset: str, batch_size: int, cpu: str) -> dict:
+    """The reference's figures from its benchmark JSON at `path`, checked comparable.
+
+    Raises `errors.BadInput` naming the file when it is not that JSON, was measured
+    at another batch or on another CPU, or `--preset` is not the reference's updown.
+    """
+    try:
+        with errors.open_input(path, encoding="utf-8") as f:
+            text = f.read()
+    except errors.UserError as e:
+        raise type(e)(f"--reference_json: {e}") from None
+    lines = [line for line in text.splitlines() if line.strip().startswith("{")]
+    try:
+        raw = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError) as e:
+        raise errors.BadInput(
+            f"--reference_json={path}: not the reference's JSON line ({e})"
+        ) from None
+    if preset != "updown":
+        raise errors.BadInput(
+            f"--reference_json={path}: the reference runs the updown sizes; --preset={preset}"
+        )
+    if raw.get("images") != batch_size:
+        raise errors.BadInput(
+            f"--reference_json={path}: measured at {raw.get('images')} images per batch; "
+            f"run with --batch_size={raw.get('images')}"
+        )
+    if raw.get("cpu") and raw["cpu"] != cpu:
+        raise errors.BadInput(
+            f"--reference_json={path}: measured on {raw['cpu']!r}, this is {cpu!r}; "
+            "ratios need both on one machine in one run"
+        )
+    ref = {"cpu": raw.get("cpu"), "torch": raw.get("torch"), "threads": raw.get("threads")}
+    for key, (group, name, scale) in _REFERENCE_KEYS.items():
+        value = raw.get(group, {}).get(name)
+        if value is not None:
+            ref[key] = value * scale
+    if "demo_xe_phase_images_per_s" in raw:
+        ref["demo_xe_phase_images_per_s"] = raw["demo_xe_phase_images_per_s"]
+    if len(ref) == 3:
+        raise errors.BadInput(
+            f"--reference_json={path}: none of {sorted(n for _, n, _ in _REFERENCE_KEYS.values())}"
+        )
+    return ref
 
 
 def _bench_dataset_dir(tmp: str, images: int = 1000, shards: int = 4) -> str:
@@ -120,6 +209,52 @@ def bench_input(data_dir: str, batch_size: int, repeats: int) -> dict:
         "regions": meta["max_regions"],
         "feature_dim": meta["feature_dim"],
         "features_dtype": meta["features_dtype"],
+    }
+
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_STEADY = re.compile(r"xe step (\d+)/\d+ .*\| ([\d.]+) img/s")
+
+
+def bench_phase(data_dir: str | None, steps: int, work: str, train_flags=()) -> dict:
+    """A whole demo XE phase (`tfcap.train`, fresh process): images/s incl. everything.
+
+    `train_flags`: more `tfcap.train` flags after the demo's (tests use a smaller split).
+    """
+    flagfile = os.path.join(_REPO, "configs", "demo.flags")
+    if not os.path.exists(flagfile):
+        raise errors.MissingInput(f"{flagfile}: the phase benchmark needs the source tree")
+    env = {**os.environ, "PYTHONPATH": _REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if not data_dir:
+        data_dir = os.path.join(work, "data")
+        data_flags = os.path.join(_REPO, "configs", "demo_data.flags")
+        subprocess.run(
+            [sys.executable, "-m", "tfcap.data.prepare", f"--flagfile={data_flags}",
+             f"--output_dir={data_dir}"],
+            check=True, env=env, capture_output=True,
+        )  # fmt: skip
+    from tfcap.data import pipeline
+
+    pipeline.load_metadata(data_dir)
+    command = [
+        sys.executable, "-m", "tfcap.train", f"--flagfile={flagfile}", "--phases=xe",
+        f"--data_dir={data_dir}", f"--model_dir={os.path.join(work, 'model')}",
+        f"--train_steps={steps}", *train_flags,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
+    with open(flagfile, encoding="utf-8") as f:
+        batch = int(re.search(r"--batch_size=(\d+)", f.read())[1])
+    steady = [float(m[2]) for m in _STEADY.finditer(proc.stderr) if int(m[1]) > 1]
+    return {
+        "steps": steps,
+        "batch_images": batch,
+        "seconds": seconds,
+        "images_per_s": steps * batch / seconds,
+        "steady_images_per_s": steady[-1] if steady else None,
     }
 
 
@@ -229,11 +364,16 @@ def run(
     variants: bool,
     data_dir: str | None = None,
     isolate: bool = True,
+    reference: dict | None = None,
+    device: str = "",
+    phase_steps: int = 1251,
 ) -> dict:
     """All requested benchmarks; the results dict of the JSON output.
 
-    `data_dir`: the dataset of the input benchmark (default: random records).
-    `isolate`: each model variant in a fresh process (else all in this one).
+    `data_dir`: the dataset of the input and phase benchmarks (default: random
+    records; the demo data for phase). `isolate`: each model variant in a fresh
+    process (else all in this one). `reference`: `load_reference(...)`, measured
+    in this run. `device`: of the model benchmarks ("" TensorFlow's choice).
     """
     import tensorflow as tf
 
@@ -243,6 +383,8 @@ def run(
     unknown = sorted(set(only) - set(BENCHMARKS))
     if unknown:
         raise app.UsageError(f"--only: unknown benchmarks {unknown}, choose from {BENCHMARKS}")
+    if "phase" in only and preset != "demo":
+        raise app.UsageError("--only=phase: the whole-phase benchmark is of --preset=demo")
     if data_dir and "input" in only:  # a missing or foreign dir fails now, not after the rest
         pipeline.load_metadata(data_dir)
         pipeline.split_files(data_dir, "train")
@@ -250,7 +392,9 @@ def run(
         "machine": {**machine(), "tensorflow": tf.__version__},
         "preset": preset,
         "batch_images": batch_size,
-        "reference": REFERENCE,
+        "device": device or "default",
+        "devices": [d.name for d in tf.config.list_physical_devices()],
+        "reference": reference,
         "targets": TARGETS,
         "results": {},
     }
@@ -265,13 +409,17 @@ def run(
                 res["cider"] = bench_cider(repeats)
             elif name in mb.BENCHES:
                 chosen = (mb.VARIANTS if variants else mb.DEFAULTS)[name]
-                res[name] = {"variants": models(name, preset, batch_size, repeats, chosen)}
+                rows = models(name, preset, batch_size, repeats, chosen, device)
+                res[name] = {"variants": rows}
                 if name == "xe":
                     res["xe"]["flops_per_step"] = xe_flops(preset, batch_size)
             elif name == "input":
                 with tempfile.TemporaryDirectory() as tmp:
                     source = data_dir or _bench_dataset_dir(tmp)
                     res["input"] = bench_input(source, batch_size, repeats)
+            elif name == "phase":
+                with tempfile.TemporaryDirectory() as tmp:
+                    res["phase"] = bench_phase(data_dir, phase_steps, tmp)
         if name in ("cider", "input"):  # model variants report their own process's peak
             res[name]["peak_rss_mb"] = round(memory.peak_mb)
     _derive(out)
@@ -284,12 +432,12 @@ def _best(rows: list[dict], key: str = "seconds") -> dict:
 
 def _derive(out: dict) -> None:
     """Ratios between figures of this run (and against the reference)."""
-    res, ref = out["results"], out["reference"]
+    res, ref = out["results"], out.get("reference") or {}
     for name in ("xe", "scst"):
         rows = res.get(name, {}).get("variants", [])
         for row in rows:
             row["speedup_vs_first"] = rows[0]["seconds"] / row["seconds"]
-            if out["preset"] == "updown":
+            if f"{name}_step_s" in ref:
                 row["speedup_vs_reference"] = ref[f"{name}_step_s"] / row["seconds"]
     for row in res.get("xe", {}).get("variants", []):
         row["achieved_gflops"] = res["xe"]["flops_per_step"] / row["seconds"] / 1e9
@@ -298,10 +446,22 @@ def _derive(out: dict) -> None:
                 "bfloat16_gflops" if "bfloat16" in row["dtype"] else "float32_gflops"
             ]
             row["fraction_of_peak"] = row["achieved_gflops"] / peak
-    if "decode" in res and out["preset"] == "updown":
-        for row in res["decode"]["variants"]:
-            row["greedy_speedup_vs_reference"] = ref["greedy_ms"] / row["greedy_ms_per_image"]
-            row["beam5_speedup_vs_reference"] = ref["beam5_ms"] / row["beam5_ms_per_image"]
+    for row in res.get("decode", {}).get("variants", []):
+        for method in ("greedy", "beam3", "beam5"):
+            if f"{method}_ms" in ref:
+                row[f"{method}_speedup_vs_reference"] = (
+                    ref[f"{method}_ms"] / row[f"{method}_ms_per_image"]
+                )
+    from tfcap.perf import model_bench as mb
+
+    xe = {r["variant"]: r["seconds"] for r in res.get("xe", {}).get("variants", [])}
+    bf16 = mb.DEFAULTS["xe"][1].name
+    if mb.DEFAULT.name in xe and bf16 in xe:  # the float32 default and its bfloat16 twin
+        res["xe"]["bfloat16_speedup_vs_float32"] = xe[mb.DEFAULT.name] / xe[bf16]
+    if "phase" in res and "demo_xe_phase_images_per_s" in ref:
+        res["phase"]["speedup_vs_reference"] = (
+            res["phase"]["images_per_s"] / ref["demo_xe_phase_images_per_s"]
+        )
     if "input" in res and "xe" in res:
         consumed = out["batch_images"] / _best(res["xe"]["variants"])["seconds"]
         res["input"]["xe_consumes_records_per_s"] = consumed
@@ -328,12 +488,24 @@ def table(out: dict) -> str:
             f"bfloat16 {p['bfloat16_gflops']:.0f} GFLOP/s.",
             "",
         ]
+    ref = out.get("reference") or {}
+    if ref:
+        lines += [
+            f"Reference (PyTorch Up-Down, torch {ref.get('torch')}, {ref.get('threads')} threads, "
+            "measured in this run): "
+            + ", ".join(
+                f"{k} {v:.3g}" for k, v in ref.items() if k.endswith(("_s", "_ms", "_per_s"))
+            )
+            + ".",
+            "",
+        ]
     for name, ref_key in (("xe", "xe_step_s"), ("scst", "scst_step_s")):
         if name not in res:
             continue
+        shown = f"{ref[ref_key]:.2f} s" if ref_key in ref else "not given"
         lines += [
-            f"| {name.upper()} step | s/step | vs first row | vs PyTorch ref "
-            f"({out['reference'][ref_key]} s) | GFLOP/s (of peak) | peak RSS MB |",
+            f"| {name.upper()} step | s/step | vs first row | reference / tfcap "
+            f"(reference {shown}) | GFLOP/s (of peak) | peak RSS MB |",
             "|---|---|---|---|---|---|",
         ]
         for r in res[name]["variants"]:
@@ -349,18 +521,30 @@ def table(out: dict) -> str:
             )
         if name == "xe":
             lines.append(f"\nModel FLOPs per XE step: {res['xe']['flops_per_step'] / 1e9:.0f} G.")
+            if "bfloat16_speedup_vs_float32" in res["xe"]:
+                lines.append(
+                    "bfloat16 default vs float32 default: "
+                    f"{res['xe']['bfloat16_speedup_vs_float32']:.2f}x."
+                )
         lines.append("")
     if "decode" in res:
         lines += [
-            "| Decoding, ms/image | greedy | beam-3 | beam-5 | beam-5 vs PyTorch ref "
-            f"({out['reference']['beam5_ms']:.0f} ms) | peak RSS MB |",
+            "| Decoding, ms/image | greedy | beam-3 | beam-5 | reference / tfcap: greedy, "
+            "beam-3, beam-5 | peak RSS MB |",
             "|---|---|---|---|---|---|",
         ]
+        if ref:
+            lines.append(
+                "| reference | "
+                + " | ".join(f"{ref.get(m + '_ms', float('nan')):.1f}" for m in _METHODS)
+                + " | | |"
+            )
         for r in res["decode"]["variants"]:
+            ratios = ", ".join(_ratio(r.get(f"{m}_speedup_vs_reference")) for m in _METHODS)
             lines.append(
                 f"| {r['variant']} | {r['greedy_ms_per_image']:.1f} | "
                 f"{r['beam3_ms_per_image']:.1f} | {r['beam5_ms_per_image']:.1f} | "
-                f"{_ratio(r.get('beam5_speedup_vs_reference'))} | {r['peak_rss_mb']} |"
+                f"{ratios} | {r['peak_rss_mb']} |"
             )
         lines.append("")
     if "cider" in res:
@@ -385,7 +569,25 @@ def table(out: dict) -> str:
             f"{i['features_dtype']}){ratio}; peak RSS {i['peak_rss_mb']} MB.",
             "",
         ]
+    if "phase" in res:
+        p = res["phase"]
+        steady = p["steady_images_per_s"]
+        lines += [
+            f"Whole demo XE phase: {p['steps']} steps of {p['batch_images']} images in "
+            f"{p['seconds']:.0f} s = {p['images_per_s']:.1f} images/s (startup, input, logging, "
+            f"validation, checkpoints included); steady {steady or float('nan'):.1f} img/s"
+            + (
+                f"; reference / tfcap {_ratio(1 / p['speedup_vs_reference'])}"
+                if "speedup_vs_reference" in p
+                else ""
+            )
+            + ".",
+            "",
+        ]
     return "\n".join(lines)
+
+
+_METHODS = ("greedy", "beam3", "beam5")
 
 
 def main(argv):
@@ -394,6 +596,10 @@ def main(argv):
     if _JSON_OUT.value and not os.path.isdir(json_dir):
         raise errors.MissingInput(f"--json_out={_JSON_OUT.value}: no directory {json_dir}")
     preset = cli_flags.PRESET.value if flags.FLAGS["preset"].present else "updown"
+    reference = None
+    if _REFERENCE_JSON.value:
+        cpu = machine()["cpu"]
+        reference = load_reference(_REFERENCE_JSON.value, preset, cli_flags.BATCH_SIZE.value, cpu)
     out = run(
         _ONLY.value,
         preset,
@@ -401,6 +607,9 @@ def main(argv):
         _REPEATS.value,
         _VARIANTS.value,
         cli_flags.DATA_DIR.value,
+        reference=reference,
+        device=_DEVICE.value,
+        phase_steps=_PHASE_STEPS.value,
     )
     print(table(out))
     text = json.dumps(out, indent=1)

@@ -181,12 +181,28 @@ DEFAULTS = {
 }
 
 
-def in_process(kind: str, preset: str, batch_size: int, repeats: int, variants) -> list[dict]:
+def on_device(kind: str, preset: str, batch_size: int, repeats: int, variant, device: str = ""):
+    """`bench_<kind>` with its model, data and steps placed on `device` ("" : TensorFlow's
+    default placement, a GPU when there is one; or e.g. "/CPU:0", "/GPU:0")."""
+    import contextlib
+
+    import tensorflow as tf
+
+    with tf.device(device) if device else contextlib.nullcontext():
+        row = BENCHES[kind](preset, batch_size, repeats, variant)
+    return {**row, "device": device or "default"}
+
+
+def in_process(
+    kind: str, preset: str, batch_size: int, repeats: int, variants, device: str = ""
+) -> list[dict]:
     """`bench_<kind>` of each variant in this process (faster to start; for tests)."""
-    return [BENCHES[kind](preset, batch_size, repeats, variant) for variant in variants]
+    return [on_device(kind, preset, batch_size, repeats, v, device) for v in variants]
 
 
-def isolated(kind: str, preset: str, batch_size: int, repeats: int, variants) -> list[dict]:
+def isolated(
+    kind: str, preset: str, batch_size: int, repeats: int, variants, device: str = ""
+) -> list[dict]:
     """`bench_<kind>` with each variant in a fresh process, one after another.
 
     Each figure then has the machine to itself, and a row's `peak_rss_mb` is the
@@ -199,6 +215,6 @@ def isolated(kind: str, preset: str, batch_size: int, repeats: int, variants) ->
     rows = []
     for variant in variants:
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-            bench = BENCHES[kind]
-            rows.append(pool.submit(bench, preset, batch_size, repeats, variant).result())
+            args = (kind, preset, batch_size, repeats, variant, device)
+            rows.append(pool.submit(on_device, *args).result())
     return rows
