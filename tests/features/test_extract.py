@@ -1,10 +1,13 @@
-"""tfcap.features.extract (+ images, source) on the 15 real COCO JPEGs with fake hub models."""
+"""tfcap.features.extract (+ images, source) on the 15 real COCO JPEGs, with a detector of the
+TF2 Detection Zoo signature (detector_models.py) and a small feature-map backbone (fake_hub.py);
+fake_hub's detector_features detector only where box features come from the detector."""
 
 import json
 import os
 import pickle
 import shutil
 
+import detector_models
 import fake_hub
 import numpy as np
 import pytest
@@ -31,8 +34,13 @@ def samples(shared_data):
 
 
 @pytest.fixture(scope="session")
-def config(models):
-    return source.ExtractorConfig(models["detector"], models["backbone"], **SIZES)
+def zoo(tmp_path_factory):
+    return detector_models.save_all(tmp_path_factory.getbasetemp() / "detector_models")
+
+
+@pytest.fixture(scope="session")
+def config(models, zoo):
+    return source.ExtractorConfig(zoo["zoo"], models["backbone"], **SIZES)
 
 
 @pytest.fixture(scope="session")
@@ -139,19 +147,22 @@ def test_other_settings_need_overwrite(extracted, samples, config, tmp_path):
         extract.extract_images(paths, str(tmp_path / "full"), config)
 
 
-def test_adaptive_policy_counts(samples, models, tmp_path):
-    policy = detector.RegionPolicy("adaptive", min_regions=10, max_regions=100, threshold=0.5)
-    config = source.ExtractorConfig(models["detector"], models["backbone"], policy=policy, **SIZES)
+def test_adaptive_policy_counts(samples, models, zoo, tmp_path):
+    policy = detector.RegionPolicy("adaptive", min_regions=10, max_regions=100, threshold=0.2)
+    config = source.ExtractorConfig(zoo["zoo"], models["backbone"], policy=policy, **SIZES)
     paths = images.list_images([str(samples)])
     ids = images.image_ids(paths)
-    counts = {i: len(b) for i, (_, _, b, _) in _extract(paths, config, tmp_path).items()}
+    found = _extract(paths, config, tmp_path)
+    counts = {i: len(b) for i, (_, _, b, _) in found.items()}
     assert all(10 <= c <= 100 for c in counts.values()) and len(set(counts.values())) > 3
-    det = detector.Detector(models["detector"])
-    for path, image_id in list(zip(paths, ids, strict=True))[:4]:  # the rule, by hand
-        dets = det(images.load_image(path))
-        ranked, survivors = detector.ranked_regions(dets.boxes, dets.scores, 0.3)
-        confident = np.sum(dets.scores[ranked.numpy()[: int(survivors)]] >= 0.5)
-        assert counts[image_id] == np.clip(confident, 10, 100)
+    det = detector.Detector(zoo["zoo"])
+    for path, image_id in list(zip(paths, ids, strict=True))[:3]:  # the rule, by hand
+        parsed = det.outputs(tf.constant(images.load_image(path)))
+        conf, _ = detector.proposal_confidence(parsed["raw_boxes"], parsed["raw_scores"], 0.3)
+        conf = conf.numpy()
+        assert counts[image_id] == np.clip(np.sum(conf >= 0.2), 10, 100)
+        boxes = found[image_id][2]  # distinct proposals, none twice
+        assert len({tuple(b) for b in boxes.round(6)}) == len(boxes)
 
 
 def _extract(paths, config, tmp_path, name="x"):
@@ -159,7 +170,7 @@ def _extract(paths, config, tmp_path, name="x"):
     return read_records(tmp_path / name)
 
 
-def test_detection_features_skip_the_backbone(samples, models, tmp_path):
+def test_detection_features_skip_the_backbone(samples, models, zoo, tmp_path):
     paths = images.list_images([str(samples / "COCO_val2014_000000397427.jpg")])
     config = source.ExtractorConfig(models["detector_features"])  # no backbone at all
     ((_, _, boxes, feats),) = _extract(paths, config, tmp_path).values()
@@ -168,7 +179,7 @@ def test_detection_features_skip_the_backbone(samples, models, tmp_path):
     np.testing.assert_allclose(feats, dets.features[chosen], rtol=1e-6)
     np.testing.assert_allclose(boxes, dets.boxes[chosen])
     with pytest.raises(ValueError, match="no detection_features: a backbone"):
-        _extract(paths, source.ExtractorConfig(models["detector"]), tmp_path, "y")
+        _extract(paths, source.ExtractorConfig(zoo["zoo"]), tmp_path, "y")  # a real one: none
 
 
 @bad_input

@@ -97,3 +97,75 @@ def test_keras_application_from_a_local_weights_file(tmp_path):
         pooling.Backbone(app="NoSuchNet", weights=path)
     with pytest.raises(ValueError, match="exactly one"):
         pooling.Backbone()
+
+
+class PooledVector(tf.Module):
+    """A TF Hub image feature_vector model: float [0, 1] in, pooled `[1, channels]` out."""
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
+    def __call__(self, images):
+        return tf.reduce_mean(tf.nn.avg_pool2d(images, 8, 8, "SAME"), axis=[1, 2])
+
+
+class Tf1ImageModule(tf.Module):
+    """A TF1 Hub image module's `image_feature_vector` signature: pooled `default` plus
+    intermediate maps (two here, so one must be named)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32, name="images")])
+    def vector(self, images):
+        block3 = tf.nn.avg_pool2d(images, 4, 4, "SAME")
+        block4 = tf.nn.avg_pool2d(images, 8, 8, "SAME") * 2.0
+        return {"default": tf.reduce_mean(block4, [1, 2]), "block3": block3, "block4": block4}
+
+
+@pytest.mark.bad_input("feature extraction")
+def test_pooled_feature_vectors_are_refused_and_named_spatial_outputs_used(tmp_path):
+    tf.saved_model.save(PooledVector(), str(tmp_path / "vector"))
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), np.uint8)
+    with pytest.raises(
+        ValueError, match=r"vector: gives a pooled feature vector .*--backbone_output"
+    ):
+        pooling.Backbone(str(tmp_path / "vector"), min_side=64, max_side=96)(image)
+    module = Tf1ImageModule()
+    path = str(tmp_path / "tf1")
+    tf.saved_model.save(module, path, signatures={"image_feature_vector": module.vector})
+    with pytest.raises(ValueError, match=r"several spatial outputs \['block3', 'block4'\]"):
+        pooling.Backbone(path, min_side=64, max_side=96)(image)
+    with pytest.raises(ValueError, match="no output 'block5'"):
+        pooling.Backbone(path, min_side=64, max_side=96, output="block5")(image)
+    with pytest.raises(ValueError, match="no signature 'serve'"):
+        pooling.Backbone(path, signature="serve")
+    fmap = pooling.Backbone(path, min_side=64, max_side=96, output="block4")(image)
+    expected = tf.nn.avg_pool2d(tf.constant(image[None], tf.float32) / 255.0, 8, 8, "SAME") * 2
+    np.testing.assert_allclose(fmap, expected[0], atol=1e-5)  # [0, 1] input, the named map
+
+
+def test_keras_resnet_saved_as_a_handle_gets_the_same_features_with_caffe(tmp_path):
+    import keras
+
+    weights = str(tmp_path / "resnet50_notop.weights.h5")
+    built = keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=(None, None, 3)
+    )
+    built.save_weights(weights)
+    built.export(str(tmp_path / "resnet50_savedmodel"), verbose=False)  # a TF SavedModel
+    image = np.random.default_rng(0).integers(0, 256, (64, 80, 3), np.uint8)
+    app = pooling.Backbone(app="ResNet50", weights=weights, min_side=64, max_side=96)
+    assert app.preprocessing == "caffe"  # ResNet50's own preprocess_input
+    want = app(image)
+    handle = str(tmp_path / "resnet50_savedmodel")
+    caffe = pooling.Backbone(handle, min_side=64, max_side=96, preprocessing="caffe")
+    np.testing.assert_allclose(caffe(image), want, rtol=1e-4, atol=1e-4)
+    unit = pooling.Backbone(handle, min_side=64, max_side=96)  # a handle defaults to [0, 1]
+    assert unit.preprocessing == "unit" and not np.allclose(unit(image), want, atol=1e-2)
+
+
+@pytest.mark.parametrize("mode", ["caffe", "tf", "torch"])
+def test_preprocessing_modes_are_keras_applications(mode):
+    from keras.applications import imagenet_utils
+
+    x = np.random.default_rng(0).uniform(0, 255, (1, 4, 5, 3)).astype(np.float32)
+    want = imagenet_utils.preprocess_input(x.copy(), mode=mode)
+    np.testing.assert_allclose(pooling.preprocess(tf.constant(x), mode), want, rtol=1e-6)
+    with pytest.raises(ValueError, match="must be one of"):
+        pooling.Backbone(app="ResNet50", weights="w.h5", preprocessing="bgr")

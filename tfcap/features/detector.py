@@ -1,24 +1,53 @@
-"""An object detector from TF Hub (or a local SavedModel), and which of its boxes to keep.
+"""An object detector (TF Hub handle or local SavedModel), and which of its boxes to keep.
 
-`Detector` wraps `hub.load(handle)` for the TF2 Object Detection API SavedModel contract
-that the TF Hub detectors (Faster R-CNN, SSD, CenterNet, EfficientDet) follow: uint8
-`[1, height, width, 3]` in; a dict out with
+`load_detector` reads the three public detector contracts (as published; tests build
+SavedModels with exactly these signatures, tests/features/detector_models.py):
 
-- `detection_boxes`: float `[1, detections, 4]`, normalised **(ymin, xmin, ymax, xmax)**;
-- `detection_scores`: float `[1, detections]`;
-- `detection_classes`: float `[1, detections]` (optional here);
-- `num_detections`: float `[1]`, the real rows (optional; default all rows);
-- `detection_features`: float `[1, detections, dim]` or `[1, detections, h, w, dim]`
-  (optional; few hub models have it; when present the regions' features come from it and
-  no backbone is needed, `[h, w]` grids are averaged).
+- **TF2 Object Detection API** exports (the TF2 Detection Zoo, TF Hub
+  `tensorflow/faster_rcnn/resnet101_v1_640x640/1` and kin): a callable (and `serving_default`,
+  input `input_tensor`) taking `[1, height, width, 3]`: uint8 for `image_tensor` exports, float32
+  **0-255** for `float_image_tensor` exports (the pixel values, not divided by 255). Out, all
+  float32 and batched: `num_detections` `[1]`, `detection_boxes` `[1, 100, 4]` normalised
+  (ymin, xmin, ymax, xmax), `detection_scores`, `detection_classes` (1-based) `[1, 100]`,
+  `detection_multiclass_scores` `[1, 100, 91]`, `detection_anchor_indices` `[1, 100]`, and the
+  second stage before NMS: `raw_detection_boxes` `[1, 300, 4]` (one box per proposal, refined
+  for its best class, normalised and clipped) and `raw_detection_scores` `[1, 300, 91]` (softmax,
+  column 0 the background). `detection_features` only from a self-made export with
+  `output_final_box_features: true`: `[1, 100, dim]` or `[1, 100, h, w, dim]` (grids averaged).
+- **TF1 Hub modules** (`google/faster_rcnn/openimages_v4/inception_resnet_v2/1`, the
+  openimages SSD): not callable; `signatures["default"]` takes `images` float32
+  `[1, height, width, 3]` in **[0, 1]** and returns *unbatched* `detection_boxes` `[n, 4]`,
+  `detection_scores` `[n]`, `detection_class_labels` int64 `[n]`, `detection_class_entities` and
+  `detection_class_names` strings `[n]`. No proposals before NMS.
+- **official.vision** exports (tf-models-official `export_saved_model`, Faster R-CNN / RetinaNet):
+  `serving_default` with `inputs` uint8 `[batch, height, width, 3]`; `detection_boxes` in pixels of
+  the resized input, `image_info` `[batch, 4, 2]` (original size, resized size, scale, offset),
+  int32 `num_detections` and `detection_classes`; exported with `apply_nms=False` instead
+  `decoded_boxes` `[batch, proposals, classes, 4]` and `decoded_box_scores`
+  `[batch, proposals, classes]` (background removed).
 
-A model saved with only a `serving_default` signature (one image input) works too.
-Boxes leave here as the dataset schema has them: (x1, y1, x2, y2) normalised, clipped to
-the image.
+`parse_outputs` turns any of them into one image's rows, boxes as the dataset schema has them:
+(x1, y1, x2, y2) normalised and clipped to the image.
 
-`RegionPolicy` + `select_regions` pick the regions, as the bottom-up-attention features
-did: class-agnostic non-maximum suppression, then a fixed K (36) or an adaptive count (the
-boxes scoring at least a threshold, at least 10 and at most 100).
+`choose_regions` picks the regions (`RegionPolicy`):
+
+- **From the proposals before NMS** (`raw_detection_*`, `decoded_box*`), as bottom-up-attention's
+  `generate_tsv.py` does: for every class, NMS at `nms_iou` (0.3) over the proposals with that
+  class's scores; a proposal's confidence is its best score among the classes whose NMS it
+  survives (0 when it survives none); adaptive keeps the proposals with confidence >=
+  `threshold` (0.2), clamped to [`min_regions`, `max_regions`] (10-100), fixed the best `k` (36).
+  Rows are proposals, each at most once, best first. Two differences from the Caffe code: the box
+  of a row is the detector's raw box (the OD API refines each proposal for its best class; BUTD
+  kept the unrefined proposal), and when fewer proposals than the minimum survive any class's
+  NMS, fewer rows come out (BUTD filled up with proposals suppressed in every class).
+- **From the final detections** when the detector has no proposals before NMS (TF1 Hub modules,
+  official.vision with NMS, SSDs without raw outputs) or when its `detection_features` are used
+  (they exist for final detections only): the detector's own per-class NMS has run and the same
+  object can appear once per class, so class-agnostic NMS at `nms_iou` collapses those rows; the
+  survivors rank by score and the same fixed/adaptive count applies.
+
+Never a duplicate or suppressed row: when too few boxes qualify, fewer rows come out, and fixed-
+shape consumers (`RegionExtractor`) pad by masking (`num_regions`).
 """
 
 from __future__ import annotations
@@ -34,22 +63,23 @@ from absl import logging
 from tfcap.errors import BadInput
 from tfcap.features import handles
 
-REQUIRED_OUTPUTS = ("detection_boxes", "detection_scores")
+FLOAT_INPUTS = ("auto", "0-255", "0-1")
+# Signature names tried, in order, on a SavedModel that is not callable.
+SIGNATURES = ("serving_default", "default")
 
 
 @dataclasses.dataclass(frozen=True)
 class RegionPolicy:
-    """How many regions an image gets.
+    """How many regions an image gets (module docstring: which ones).
 
     Attributes:
-        kind: "fixed" (exactly `k` regions when the detector has that many boxes) or
-            "adaptive" (the boxes scoring >= `threshold` after NMS, clamped to
+        kind: "fixed" (the best `k`) or "adaptive" (confidence >= `threshold`, clamped to
             [`min_regions`, `max_regions`]).
         k: regions per image of the fixed policy.
         min_regions, max_regions: bounds of the adaptive policy.
-        threshold: score a box needs to count for the adaptive policy.
-        nms_iou: boxes overlapping a better one by more than this IoU are suppressed
-            (class-agnostic); they only fill up when too few boxes survive.
+        threshold: confidence a region needs to count for the adaptive policy.
+        nms_iou: NMS IoU threshold: per class over the proposals, or class-agnostic over final
+            detections.
     """
 
     kind: str = "fixed"
@@ -70,14 +100,108 @@ class RegionPolicy:
         if not 0.0 < self.nms_iou <= 1.0:
             raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
 
+    @property
+    def max_count(self) -> int:
+        """The most regions an image can get."""
+        return self.k if self.kind == "fixed" else self.max_regions
+
     def describe(self) -> str:
         if self.kind == "fixed":
             return f"fixed {self.k}"
         return f"adaptive {self.min_regions}-{self.max_regions} (score >= {self.threshold})"
 
 
+def _best_first(conf, candidate, policy: RegionPolicy) -> tf.Tensor:
+    """int32 `[count]`: candidates by descending `conf`, as many as `policy` wants."""
+    ranked = tf.where(candidate, conf, -np.inf)
+    order = tf.argsort(-ranked, stable=True)
+    available = tf.reduce_sum(tf.cast(candidate, tf.int32))
+    if policy.kind == "fixed":
+        count = tf.minimum(policy.k, available)
+    else:
+        confident = tf.reduce_sum(tf.cast(candidate & (conf >= policy.threshold), tf.int32))
+        count = tf.minimum(
+            tf.clip_by_value(confident, policy.min_regions, policy.max_regions), available
+        )
+    return order[:count]
+
+
+def class_agnostic_survivors(boxes, scores, nms_iou: float) -> tf.Tensor:
+    """bool `[n]`: the boxes that survive class-agnostic NMS (boxes (x1, y1, x2, y2))."""
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    scores = tf.convert_to_tensor(scores, tf.float32)
+    n = tf.shape(scores)[0]
+    kept = tf.image.non_max_suppression(
+        tf.gather(boxes, [1, 0, 3, 2], axis=1), scores, max_output_size=n, iou_threshold=nms_iou
+    )
+    return tf.scatter_nd(kept[:, None], tf.ones_like(kept), [n]) > 0
+
+
+def proposal_confidence(boxes, class_scores, nms_iou: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Bottom-up-attention's `max_conf`: per proposal, its best score among the classes whose
+    NMS it survives.
+
+    Pure TensorFlow (eager or in graphs).
+
+    Args:
+        boxes: float32 `[proposals, 4]`, (x1, y1, x2, y2).
+        class_scores: float32 `[proposals, classes]`, no background column.
+        nms_iou: the per-class NMS threshold.
+
+    Returns:
+        float32 `[proposals]` confidence (0 where the proposal survives no class) and int64
+        `[proposals]` the column giving it.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    by_class = tf.transpose(tf.convert_to_tensor(class_scores, tf.float32))  # [classes, proposals]
+    yx = tf.gather(boxes, [1, 0, 3, 2], axis=1)
+    n = tf.shape(boxes)[0]
+
+    def survivors(scores):
+        kept = tf.image.non_max_suppression(yx, scores, max_output_size=n, iou_threshold=nms_iou)
+        return tf.scatter_nd(kept[:, None], tf.ones_like(kept), [n]) > 0
+
+    kept = tf.map_fn(survivors, by_class, fn_output_signature=tf.TensorSpec([None], tf.bool))
+    conf = tf.where(kept, by_class, 0.0)  # [classes, proposals]
+    return tf.reduce_max(conf, axis=0), tf.argmax(conf, axis=0)
+
+
+def choose_regions(parsed: dict[str, tf.Tensor], policy: RegionPolicy) -> dict[str, tf.Tensor]:
+    """The regions of one image (module docstring), best first. Pure TensorFlow.
+
+    Args:
+        parsed: `parse_outputs` of the image.
+        policy: the count rule.
+
+    Returns:
+        `boxes` float32 `[regions, 4]`, `scores` float32 `[regions]` (the confidence), `classes`
+        int64 `[regions]` (1-based), `features` float32 `[regions, dim]` when the detector gave
+        them, and `from_proposals` bool `[]`.
+    """
+    if "raw_boxes" in parsed and "features" not in parsed:
+        conf, column = proposal_confidence(
+            parsed["raw_boxes"], parsed["raw_scores"], policy.nms_iou
+        )
+        chosen = _best_first(conf, conf > 0, policy)
+        return {
+            "boxes": tf.gather(parsed["raw_boxes"], chosen),
+            "scores": tf.gather(conf, chosen),
+            "classes": tf.gather(column, chosen) + 1,
+            "from_proposals": tf.constant(True),
+        }
+    survivors = class_agnostic_survivors(parsed["boxes"], parsed["scores"], policy.nms_iou)
+    chosen = _best_first(parsed["scores"], survivors, policy)
+    out = {
+        k: tf.gather(parsed[k], chosen)
+        for k in ("boxes", "scores", "classes", "features")
+        if k in parsed
+    }
+    out["from_proposals"] = tf.constant(False)
+    return out
+
+
 def select_regions(boxes: np.ndarray, scores: np.ndarray, policy: RegionPolicy) -> np.ndarray:
-    """Indices of the regions to keep, best first.
+    """Indices of the final detections `choose_regions` keeps (no proposals), best first.
 
     Args:
         boxes: float `[detections, 4]`, (x1, y1, x2, y2).
@@ -85,15 +209,14 @@ def select_regions(boxes: np.ndarray, scores: np.ndarray, policy: RegionPolicy) 
         policy: the count rule.
 
     Returns:
-        int64 `[regions]`: the NMS survivors by descending score, then (only if the policy
-        needs more) the suppressed boxes by descending score.
+        int64 `[regions]`: class-agnostic NMS survivors by descending score; never a suppressed box.
 
     >>> boxes = np.array([[0, 0, 1, 1], [0, 0, 0.9, 1], [0, 0, 0.2, 0.2], [0.5, 0.5, 1, 1]])
     >>> scores = np.array([0.9, 0.8, 0.7, 0.1])
     >>> select_regions(boxes, scores, RegionPolicy("fixed", k=2)).tolist()
     [0, 2]
-    >>> select_regions(boxes, scores, RegionPolicy("fixed", k=4)).tolist()
-    [0, 2, 3, 1]
+    >>> select_regions(boxes, scores, RegionPolicy("fixed", k=4)).tolist()  # 1 is suppressed
+    [0, 2, 3]
     >>> policy = RegionPolicy("adaptive", min_regions=1, max_regions=3, threshold=0.5)
     >>> select_regions(boxes, scores, policy).tolist()
     [0, 2]
@@ -104,37 +227,8 @@ def select_regions(boxes: np.ndarray, scores: np.ndarray, policy: RegionPolicy) 
         raise ValueError(f"need boxes [n, 4] and scores [n], got {boxes.shape}, {scores.shape}")
     if not len(scores):
         return np.zeros([0], np.int64)
-    ranked, survivors = ranked_regions(boxes, scores, policy.nms_iou)
-    ranked = ranked.numpy().astype(np.int64)
-    if policy.kind == "fixed":
-        return ranked[: policy.k]
-    confident = int(np.sum(scores[ranked[: int(survivors)]] >= policy.threshold))
-    return ranked[: int(np.clip(confident, policy.min_regions, policy.max_regions))]
-
-
-def ranked_regions(boxes, scores, nms_iou: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """Class-agnostic NMS order: survivors by descending score, then the suppressed boxes.
-
-    Pure TensorFlow (runs eagerly and in graphs).
-
-    Args:
-        boxes: float32 `[n, 4]`, (x1, y1, x2, y2).
-        scores: float32 `[n]`.
-        nms_iou: IoU above which a box is suppressed by a better one.
-
-    Returns:
-        int32 `[n]`, every index once, and the int32 number of NMS survivors (which come first).
-    """
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    scores = tf.convert_to_tensor(scores, tf.float32)
-    n = tf.shape(scores)[0]
-    kept = tf.image.non_max_suppression(
-        tf.gather(boxes, [1, 0, 3, 2], axis=1), scores, max_output_size=n, iou_threshold=nms_iou
-    )  # [survivors], by descending score
-    is_kept = tf.scatter_nd(kept[:, None], tf.ones_like(kept), [n]) > 0  # [n]
-    by_score = tf.argsort(-scores, stable=True)
-    rest = tf.boolean_mask(by_score, ~tf.gather(is_kept, by_score))
-    return tf.concat([kept, rest], axis=0), tf.size(kept)
+    survivors = class_agnostic_survivors(boxes, scores, policy.nms_iou)
+    return _best_first(tf.constant(scores), survivors, policy).numpy().astype(np.int64)
 
 
 @dataclasses.dataclass
@@ -158,121 +252,225 @@ class Detections:
         return Detections(self.boxes[indices], self.scores[indices], self.classes[indices], feats)
 
 
-def load_detector(handle: str) -> tuple[Any, Callable[[tf.Tensor], dict]]:
+def load_detector(
+    handle: str, float_input: str = "auto"
+) -> tuple[Any, Callable[[tf.Tensor], dict], dict[str, str]]:
     """`hub.load(handle)` and a function uint8 `[1, height, width, 3]` -> its output dict.
 
-    The function works eagerly and inside `tf.function`; it converts the image to float32 in
-    [0, 1] for models whose input is float, and calls a `serving_default` signature when the
-    model itself is not callable.
+    Args:
+        handle: TF Hub URL or local SavedModel directory.
+        float_input: for a model whose input is float: "0-255" feeds the pixel values (TF2 OD
+            API `float_image_tensor`, official.vision), "0-1" divides by 255 (TF1 Hub modules);
+            "auto" is "0-1" for a `default` signature (the TF1 Hub convention), else "0-255".
+
+    Returns:
+        the loaded object (keep it: it owns the variables), the function (eager or inside
+        `tf.function`), and a description: `contract` (callable / signature name), `input` dtype
+        and `float_input` as used.
     """
+    if float_input not in FLOAT_INPUTS:
+        raise BadInput(f"detector float input must be one of {FLOAT_INPUTS}, got {float_input!r}")
     model = handles.load(handle, "detector")
+    signatures = getattr(model, "signatures", {})
     if callable(model):
-        fn, name, spec = model, None, _input_spec(model.__call__)
-    elif "serving_default" in getattr(model, "signatures", {}):
-        fn = model.signatures["serving_default"]
+        fn, name, spec, contract = model, None, _input_spec(model.__call__), "callable"
+    else:
+        found = [s for s in SIGNATURES if s in signatures]
+        if not found:
+            raise BadInput(
+                f"{handle}: the detector SavedModel is not callable and has no "
+                f"{' or '.join(SIGNATURES)} signature (it has {sorted(signatures) or 'none'})"
+            )
+        contract = found[0]
+        fn = signatures[contract]
         inputs = fn.structured_input_signature[1]
         if len(inputs) != 1:
-            raise BadInput(f"{handle}: serving_default must take one image input, got {inputs}")
+            raise BadInput(
+                f"{handle}: signature {contract} must take one image input, got {inputs}"
+            )
         ((name, spec),) = inputs.items()
-    else:
-        raise BadInput(f"{handle}: the SavedModel is neither callable nor has serving_default")
-    float_input = spec is not None and spec.dtype.is_floating
+    is_float = spec is not None and spec.dtype.is_floating
+    if float_input == "auto":
+        float_input = "0-1" if contract == "default" else "0-255"
+    dtype = spec.dtype if spec is not None else tf.uint8
 
     def detect(images: tf.Tensor) -> dict:
-        x = tf.cast(images, tf.float32) / 255.0 if float_input else images
+        x = images
+        if is_float:
+            x = tf.cast(images, dtype)
+            if float_input == "0-1":
+                x = x / 255.0
         out = fn(**{name: x}) if name else fn(x)
-        missing = [k for k in REQUIRED_OUTPUTS if not isinstance(out, dict) or k not in out]
-        if missing:
+        if not isinstance(out, dict) or not (
+            {"detection_boxes", "detection_scores"} <= out.keys()
+            or {"decoded_boxes", "decoded_box_scores"} <= out.keys()
+        ):
             raise BadInput(
-                f"{handle}: detector outputs lack {missing} (has "
-                f"{sorted(out) if isinstance(out, dict) else 'one tensor'}); a TF2 "
-                "Object Detection API model is needed"
+                f"{handle}: detector outputs lack detection_boxes and detection_scores (has "
+                f"{sorted(out) if isinstance(out, dict) else 'one tensor'}); a TF2 Object "
+                "Detection API, TF1 Hub detector or official.vision export is needed"
             )
         return out
 
-    logging.info("Loaded detector %s (%s input)", handle, "float" if float_input else "uint8")
-    return model, detect
+    about = {
+        "contract": contract,
+        "input": dtype.name,
+        "float_input": float_input if is_float else "n/a",
+    }
+    logging.info("Loaded detector %s (%s)", handle, about)
+    return model, detect, about
 
 
-def parse_outputs(out: dict) -> dict[str, tf.Tensor]:
-    """The real rows of one image's detector outputs, boxes as (x1, y1, x2, y2).
+def _first(t: tf.Tensor, batched: bool) -> tf.Tensor:
+    return t[0] if batched else t
 
-    Pure TensorFlow (eager or in graphs).
 
-    Args:
-        out: the detector's dict for a batch of one (module docstring).
-
-    Returns:
-        `boxes` float32 `[n, 4]` clipped to [0, 1], `scores` float32 `[n]`, `classes` int64
-        `[n]`, and `features` float32 `[n, dim]` when the detector gives them (grids averaged);
-        rows past `num_detections` and rows with non-finite numbers are dropped.
-    """
-    boxes = tf.cast(out["detection_boxes"][0], tf.float32)  # [n, 4] ymin, xmin, ymax, xmax
-    scores = tf.cast(out["detection_scores"][0], tf.float32)
-    n = tf.shape(scores)[0]
-    if "num_detections" in out:
-        n = tf.minimum(n, tf.cast(tf.reshape(out["num_detections"], [-1])[0], tf.int32))
-    boxes, scores = boxes[:n], scores[:n]
-    good = tf.reduce_all(tf.math.is_finite(boxes), axis=1) & tf.math.is_finite(scores)
-    ymin, xmin, ymax, xmax = tf.unstack(tf.clip_by_value(boxes, 0.0, 1.0), axis=1)
-    xyxy = tf.stack(
+def _xyxy(yx_boxes: tf.Tensor) -> tf.Tensor:
+    """(ymin, xmin, ymax, xmax) `[..., 4]` -> (x1, y1, x2, y2) clipped to [0, 1], ordered."""
+    ymin, xmin, ymax, xmax = tf.unstack(tf.clip_by_value(yx_boxes, 0.0, 1.0), axis=-1)
+    return tf.stack(
         [
             tf.minimum(xmin, xmax),
             tf.minimum(ymin, ymax),
             tf.maximum(xmin, xmax),
             tf.maximum(ymin, ymax),
         ],
-        axis=1,
+        axis=-1,
     )
-    parsed = {"boxes": xyxy, "scores": scores}
-    classes = out.get("detection_classes")
-    parsed["classes"] = (
-        tf.zeros([n], tf.int64)
-        if classes is None
-        else tf.cast(tf.reshape(classes, [-1])[:n], tf.int64)
-    )
-    if "detection_features" in out:
-        feats = tf.cast(out["detection_features"][0, :n], tf.float32)
-        if feats.shape.rank == 4:  # [n, h, w, dim] grids: average over the grid
-            feats = tf.reduce_mean(feats, axis=[1, 2])
-        if feats.shape.rank != 2:
-            raise ValueError(
-                f"detection_features must be [1, n, dim] or [1, n, h, w, dim], got {feats.shape}"
-            )
-        parsed["features"] = feats
-    return {k: tf.boolean_mask(v, good) for k, v in parsed.items()}
+
+
+def parse_outputs(out: dict) -> dict[str, tf.Tensor]:
+    """One image's rows of a detector's outputs (any contract of the module docstring).
+
+    Pure TensorFlow (eager or in graphs).
+
+    Returns:
+        final detections, when the detector gives them: `boxes` float32 `[n, 4]` (x1, y1, x2, y2)
+        in [0, 1], `scores` float32 `[n]`, `classes` int64 `[n]`, and `features` float32
+        `[n, dim]` (grids averaged); rows past `num_detections` and rows with non-finite numbers
+        are dropped. Proposals before NMS, when it gives them: `raw_boxes` float32 `[r, 4]` and
+        `raw_scores` float32 `[r, classes]` (no background column), non-finite rows dropped.
+    """
+    parsed: dict[str, tf.Tensor] = {}
+    to_unit = None
+    if "image_info" in out:  # official.vision: pixels of the resized input
+        info = tf.cast(out["image_info"][0], tf.float32)  # [4, 2]
+        scale = tf.tile(info[2], [2]) * tf.tile(info[0], [2])  # y, x, y, x
+
+        def to_unit(b):
+            return b / scale
+
+    if "detection_boxes" in out:
+        batched = out["detection_boxes"].shape.rank == 3
+        boxes = tf.cast(_first(out["detection_boxes"], batched), tf.float32)
+        if to_unit is not None:
+            boxes = to_unit(boxes)
+        scores = tf.cast(_first(out["detection_scores"], batched), tf.float32)
+        n = tf.shape(scores)[0]
+        if "num_detections" in out:
+            n = tf.minimum(n, tf.cast(tf.reshape(out["num_detections"], [-1])[0], tf.int32))
+        classes = out.get("detection_classes", out.get("detection_class_labels"))
+        rows = {
+            "boxes": _xyxy(boxes[:n]),
+            "scores": scores[:n],
+            "classes": (
+                tf.zeros([n], tf.int64)
+                if classes is None
+                else tf.cast(_first(classes, batched)[:n], tf.int64)
+            ),
+        }
+        if "detection_features" in out:
+            feats = tf.cast(_first(out["detection_features"], batched)[:n], tf.float32)
+            if feats.shape.rank == 4:  # [n, h, w, dim] grids: average over the grid
+                feats = tf.reduce_mean(feats, axis=[1, 2])
+            if feats.shape.rank != 2:
+                raise ValueError(
+                    "detection_features must be [1, n, dim] or [1, n, h, w, dim], got "
+                    f"{feats.shape}"
+                )
+            rows["features"] = feats
+        good = tf.reduce_all(tf.math.is_finite(rows["boxes"]), axis=1) & tf.math.is_finite(
+            rows["scores"]
+        )
+        parsed.update({k: tf.boolean_mask(v, good) for k, v in rows.items()})
+    raw = None
+    if "raw_detection_boxes" in out and "raw_detection_scores" in out:  # TF2 OD API
+        raw_scores = tf.cast(out["raw_detection_scores"][0], tf.float32)[:, 1:]  # no background
+        raw = (tf.cast(out["raw_detection_boxes"][0], tf.float32), raw_scores)
+    elif "decoded_boxes" in out:  # official.vision with apply_nms=False
+        per_class = tf.cast(out["decoded_boxes"][0], tf.float32)  # [r, classes or 1, 4]
+        raw_scores = tf.cast(out["decoded_box_scores"][0], tf.float32)  # [r, classes]
+        best = tf.argmax(raw_scores, axis=1) if per_class.shape[1] != 1 else None
+        boxes = per_class[:, 0] if best is None else tf.gather(per_class, best, batch_dims=1)
+        raw = (to_unit(boxes) if to_unit is not None else boxes, raw_scores)
+    if raw is not None:
+        boxes, scores = _xyxy(raw[0]), raw[1]
+        good = tf.reduce_all(tf.math.is_finite(boxes), axis=1) & tf.reduce_all(
+            tf.math.is_finite(scores), axis=1
+        )
+        parsed["raw_boxes"] = tf.boolean_mask(boxes, good)
+        parsed["raw_scores"] = tf.boolean_mask(scores, good)
+        if "boxes" not in parsed:  # only proposals: each one's best class stands for it
+            parsed["boxes"] = parsed["raw_boxes"]
+            parsed["scores"] = tf.reduce_max(parsed["raw_scores"], axis=1)
+            parsed["classes"] = tf.argmax(parsed["raw_scores"], axis=1) + 1
+    return parsed
 
 
 class Detector:
-    """A TF Hub object detector (`hub.load`: a URL or a local SavedModel directory).
+    """A detector of any contract in the module docstring.
 
     Args:
         handle: e.g. "https://tfhub.dev/tensorflow/faster_rcnn/resnet101_v1_1024x1024/1" or
             a local directory holding `saved_model.pb`.
+        float_input: see `load_detector`.
 
     Call arguments:
         image: uint8 `[height, width, 3]`.
 
     Returns:
-        `Detections`, boxes converted to (x1, y1, x2, y2) and clipped to the image.
+        `Detections`: every final detection (proposals' best classes when the detector gives
+        only proposals), boxes as (x1, y1, x2, y2) clipped to the image. `regions` gives the
+        chosen ones.
     """
 
-    def __init__(self, handle: str):
+    def __init__(self, handle: str, float_input: str = "auto"):
         self.handle = handle
-        self._model, self._detect = load_detector(handle)  # the model keeps its variables alive
+        self.model, self._detect, self.about = load_detector(handle, float_input)
+        self._regions_fns: dict[RegionPolicy, Any] = {}
+
+    def outputs(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        """`parse_outputs` of uint8 `[height, width, 3]` (TensorFlow ops: graphs too)."""
+        return parse_outputs(self._detect(image[None]))
+
+    def regions_graph(self, image: tf.Tensor, policy: RegionPolicy) -> dict[str, tf.Tensor]:
+        """`choose_regions` of uint8 `[height, width, 3]` (TensorFlow ops: graphs too)."""
+        return choose_regions(self.outputs(image), policy)
 
     def __call__(self, image: np.ndarray) -> Detections:
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"image must be uint8 [height, width, 3], got {image.dtype} {image.shape}"
-            )
-        parsed = {
-            k: v.numpy() for k, v in parse_outputs(self._detect(tf.constant(image[None]))).items()
-        }
+        parsed = {k: v.numpy() for k, v in self.outputs(tf.constant(_checked(image))).items()}
         return Detections(
             parsed["boxes"], parsed["scores"], parsed["classes"], parsed.get("features")
         )
+
+    def regions(self, image: np.ndarray, policy: RegionPolicy) -> Detections:
+        """The chosen regions of one image (`choose_regions`), best first."""
+        if policy not in self._regions_fns:
+            self._regions_fns[policy] = tf.function(
+                lambda x: self.regions_graph(x, policy),
+                input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)],
+            )
+        out = {
+            k: v.numpy() for k, v in self._regions_fns[policy](tf.constant(_checked(image))).items()
+        }
+        return Detections(out["boxes"], out["scores"], out["classes"], out.get("features"))
+
+
+def _checked(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 [height, width, 3], got {image.dtype} {image.shape}")
+    return image
 
 
 def _input_spec(fn) -> tf.TensorSpec | None:
@@ -284,77 +482,11 @@ def _input_spec(fn) -> tf.TensorSpec | None:
         return None
 
 
-class RegionExtractor(tf.Module):
-    """One image's regions in-graph, with a fixed count: for serving graphs (`export/`).
+def region_extractor(handle: str, max_regions: int = 36, **kwargs):
+    """A fixed-`max_regions` `tfcap.features.serving.RegionExtractor` of `handle`; `kwargs` are
+    `tfcap.features.source.ExtractorConfig` fields (`backbone_handle`, `min_side`, ...)."""
+    from tfcap.features import serving, source
 
-    The fixed policy of `tfcap.features.source.Extractor` as TensorFlow ops with static
-    output shapes: the detector, class-agnostic NMS order (`ranked_regions`), the first
-    `max_regions`, and their features from `detection_features` or ROI-pooled from a SavedModel
-    backbone (`pooling.Backbone`; Keras applications are not supported here). The loaded
-    models are tracked, so saving the module saves them. Images are decoded by the caller
-    (no EXIF orientation in a serving graph).
-
-    Call arguments:
-        image: uint8 `[height, width, 3]`.
-
-    Returns:
-        `features` float32 `[max_regions, dim]`, `boxes` float32 `[max_regions, 4]`
-        (x1, y1, x2, y2 in [0, 1]), `num_regions` int32 `[]`; rows past `num_regions` are 0.
-    """
-
-    def __init__(
-        self,
-        handle: str,
-        max_regions: int = 36,
-        backbone_handle: str | None = None,
-        min_side: int = 600,
-        max_side: int = 1000,
-        pool_size: int = 7,
-        nms_iou: float = 0.3,
-    ):
-        from tfcap.features import pooling
-
-        super().__init__(name="region_extractor")
-        self.detector_model, self._detect = load_detector(handle)
-        self.max_regions, self.pool_size, self.nms_iou = max_regions, pool_size, nms_iou
-        probe = tf.zeros([32, 32, 3], tf.uint8)
-        parsed = parse_outputs(self._detect(probe[None]))
-        self._backbone = None
-        if "features" in parsed:
-            self.feature_dim = int(parsed["features"].shape[-1])
-        elif backbone_handle:
-            self._backbone = pooling.Backbone(backbone_handle, min_side=min_side, max_side=max_side)
-            self.backbone_model = self._backbone.model  # tracked: saved with the module
-            self.feature_dim = int(self._backbone(probe).shape[-1])
-        else:
-            raise BadInput(f"{handle} gives no detection_features: a backbone handle is needed")
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
-    def __call__(self, image):
-        parsed = parse_outputs(self._detect(image[None]))
-        ranked, _ = ranked_regions(parsed["boxes"], parsed["scores"], self.nms_iou)
-        chosen = ranked[: self.max_regions]
-        count = tf.size(chosen)
-        boxes = tf.gather(parsed["boxes"], chosen)  # [count, 4]
-        if self._backbone is None:
-            feats = tf.gather(parsed["features"], chosen)
-        else:
-            feature_map = self._backbone(image)[None]  # [1, h, w, channels]
-            crops = tf.image.crop_and_resize(
-                feature_map,
-                tf.gather(boxes, [1, 0, 3, 2], axis=1),
-                tf.zeros([count], tf.int32),
-                [self.pool_size, self.pool_size],
-            )
-            feats = tf.reduce_mean(crops, axis=[1, 2])  # [count, channels]
-        pad = [[0, self.max_regions - count], [0, 0]]
-        return {
-            "features": tf.ensure_shape(tf.pad(feats, pad), [self.max_regions, self.feature_dim]),
-            "boxes": tf.ensure_shape(tf.pad(boxes, pad), [self.max_regions, 4]),
-            "num_regions": tf.cast(count, tf.int32),
-        }
-
-
-def region_extractor(handle: str, max_regions: int = 36, **kwargs) -> RegionExtractor:
-    """A `RegionExtractor` (the hook `export.saved_model` calls for `serving_default`)."""
-    return RegionExtractor(handle, max_regions, **kwargs)
+    nms_iou = kwargs.pop("nms_iou", 0.3)
+    policy = RegionPolicy("fixed", k=max_regions, nms_iou=nms_iou)
+    return serving.RegionExtractor(source.ExtractorConfig(handle, policy=policy, **kwargs))

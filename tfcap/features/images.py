@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS = ("JPEG", "MPO", "PNG")
@@ -164,3 +165,120 @@ def decode_in_order(
                 yield done_path, future.result()
         for done_path, future in pending:
             yield done_path, future.result()
+
+
+# EXIF tags of orientation -> how to show the stored pixels (PIL.ImageOps.exif_transpose).
+_ORIENTATION_TAG = 0x0112
+_EXIF_MARKERS = (b"Exif\x00\x00", b"eXIf")  # JPEG APP1 payload; PNG chunk type
+_EXIF_WINDOW = 65536  # bytes of the file searched for the EXIF block (JPEG APP1 is at most 64K)
+_MAX_IFD_ENTRIES = 128
+
+
+def exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """int32 `[]` EXIF orientation (1-8) of encoded JPEG/PNG bytes; 1 without a valid tag.
+
+    Core TensorFlow ops (for serving graphs): finds the TIFF block after a JPEG `Exif\\0\\0`
+    APP1 header or a PNG `eXIf` chunk type in the first 64 KiB, reads IFD0 in either byte
+    order and returns the SHORT value of tag 0x0112.
+    """
+    head = tf.strings.substr(data, 0, tf.minimum(tf.strings.length(data), _EXIF_WINDOW))
+    found = tf.constant(1, tf.int32)
+    for marker in _EXIF_MARKERS:
+        parts = tf.strings.split(head, marker, maxsplit=1)
+        start = tf.strings.length(parts[0]) + len(marker)
+        tiff = tf.strings.substr(head, tf.minimum(start, tf.strings.length(head)), _EXIF_WINDOW)
+        value = tf.cond(
+            tf.size(parts) > 1,
+            lambda tiff=tiff: _tiff_orientation(tiff),
+            lambda: tf.constant(1, tf.int32),
+        )
+        found = tf.where(found == 1, value, found)
+    return found
+
+
+def _tiff_orientation(tiff: tf.Tensor) -> tf.Tensor:
+    raw = tf.cast(tf.io.decode_raw(tiff, tf.uint8), tf.int32)
+    n = tf.size(raw)
+    raw = tf.concat([raw, tf.zeros([16], tf.int32)], 0)
+    little = tf.reduce_all(tf.equal(raw[:2], 0x49))  # "II"; "MM" is big-endian
+
+    def u16(at):
+        lo_hi = tf.gather(raw, tf.clip_by_value(tf.stack([at, at + 1], -1), 0, n + 15))
+        first, second = lo_hi[..., 0], lo_hi[..., 1]
+        return tf.where(little, first + 256 * second, 256 * first + second)
+
+    def u32(at):
+        return tf.where(little, u16(at) + 65536 * u16(at + 2), 65536 * u16(at) + u16(at + 2))
+
+    valid = (little | tf.reduce_all(tf.equal(raw[:2], 0x4D))) & tf.equal(u16(2), 42)
+    ifd = u32(4)
+    count = tf.minimum(u16(ifd), _MAX_IFD_ENTRIES)
+    entries = ifd + 2 + 12 * tf.range(_MAX_IFD_ENTRIES)  # [entries]
+    real = (tf.range(_MAX_IFD_ENTRIES) < count) & (entries + 12 <= n) & (ifd >= 8)
+    hits = real & tf.equal(u16(entries), _ORIENTATION_TAG) & tf.equal(u16(entries + 2), 3)
+    values = tf.boolean_mask(u16(entries + 8), hits)
+    value = tf.cond(tf.size(values) > 0, lambda: values[0], lambda: tf.constant(1, tf.int32))
+    return tf.where(valid & (value >= 1) & (value <= 8), value, 1)
+
+
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """`image` `[height, width, channels]` turned upright for EXIF `orientation` (1-8), as
+    `PIL.ImageOps.exif_transpose` does."""
+
+    def transpose(x):
+        return tf.transpose(x, [1, 0, 2])
+
+    branches = [
+        lambda: image,  # 1: upright
+        lambda: image[:, ::-1],  # 2: mirrored
+        lambda: image[::-1, ::-1],  # 3: upside down
+        lambda: image[::-1],  # 4: mirrored upside down
+        lambda: transpose(image),  # 5: PIL TRANSPOSE
+        lambda: transpose(image[::-1]),  # 6: PIL ROTATE_270 (90 clockwise)
+        lambda: transpose(image[::-1, ::-1]),  # 7: PIL TRANSVERSE
+        lambda: transpose(image[:, ::-1]),  # 8: PIL ROTATE_90
+    ]
+    index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7)
+    return tf.switch_case(index, branches)
+
+
+def decode_in_graph(data: tf.Tensor) -> tf.Tensor:
+    """uint8 `[height, width, 3]` of encoded image bytes, as `load_image` shows them.
+
+    Core TensorFlow ops (the serving graph decodes with this): JPEG with libjpeg's accurate
+    integer DCT as Pillow decodes it (`tf.io.decode_image`'s default fast DCT gives pixels up to
+    ~20 levels off), PNG, GIF (first frame) and BMP with `tf.io.decode_image`, EXIF orientation
+    applied (`exif_orientation`), grayscale to RGB,
+    alpha composited over white with Pillow's `alpha_composite` integer arithmetic. Known
+    differences from `load_image`: 16-bit PNGs (TensorFlow scales to 8 bits by x // 257, Pillow's
+    path rounds x / 65535 * 255: at most 1 level), and CMYK JPEGs.
+    """
+    image = tf.cond(
+        tf.io.is_jpeg(data),  # Pillow's libjpeg DCT: TensorFlow's default differs by up to ~20
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=0, expand_animations=False),
+    )  # [h, w, 1-4]
+    channels = tf.shape(image)[2]
+    rgb = tf.cond(
+        channels < 3,
+        lambda: tf.image.grayscale_to_rgb(image[..., :1]),
+        lambda: image[..., :3],
+    )
+    rgb.set_shape([None, None, 3])
+    has_alpha = tf.equal(channels, 2) | tf.equal(channels, 4)
+    rgb = tf.cond(has_alpha, lambda: _over_white(rgb, image[..., -1:]), lambda: rgb)
+    rgb.set_shape([None, None, 3])
+    out = apply_orientation(rgb, exif_orientation(data))
+    out.set_shape([None, None, 3])
+    return out
+
+
+def _over_white(rgb: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
+    """Pillow's AlphaComposite.c of `rgb` with `alpha` over opaque white (PRECISION_BITS 7)."""
+    src, a = tf.cast(rgb, tf.int32), tf.cast(alpha, tf.int32)
+    coef1 = a * 128
+    coef2 = 255 * 128 - coef1
+    tmp = src * coef1 + 255 * coef2 + (0x80 << 7)
+    shift = tf.bitwise.right_shift
+    out = shift(shift(shift(tmp, 8) + tmp, 8), 7)
+    return tf.cast(tf.where(a == 0, 255, out), tf.uint8)

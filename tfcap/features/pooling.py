@@ -1,10 +1,13 @@
 """Region features: a backbone's feature map, ROI-pooled over each box and averaged.
 
 `Backbone` runs one image through a convolutional network and returns its feature map:
-either a TF Hub / local SavedModel (float32 `[1, height, width, 3]` in [0, 1] in, the TF Hub
-image convention; `[1, h, w, channels]` out) or a Keras application built from a local
-weights file (no download). The image is first resized so its shorter side is `min_side`
-and its longer side at most `max_side` pixels, as Faster R-CNN does.
+either a TF Hub / local SavedModel (float32 `[1, height, width, 3]` in, by default in [0, 1] as
+the TF Hub image convention has it; `[1, h, w, channels]` out) or a Keras application built
+from a local weights file (no download) and fed as its own `preprocess_input` wants (caffe for
+ResNet). `preprocess` names each input convention, so the same network saved either way gets the
+same input. Pooled feature vectors (`[1, channels]`) are refused: ROI pooling needs the map.
+The image is first resized so its shorter side is `min_side` and its longer side at most
+`max_side` pixels, as Faster R-CNN does.
 
 `pool_regions` crops every box out of its image's feature map with bilinear sampling on a
 `pool_size x pool_size` grid (`tf.image.crop_and_resize`, the ROI "crop and resize" of the
@@ -40,24 +43,66 @@ def resized_shape(height, width, min_side: int, max_side: int) -> tf.Tensor:
     return tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
 
 
+# How a backbone wants its float32 0-255 RGB input: keras.applications' modes and two more.
+PREPROCESSING = ("auto", "unit", "caffe", "tf", "torch", "none")
+
+
+def preprocess(images: tf.Tensor, mode: str) -> tf.Tensor:
+    """float32 RGB 0-255 `[..., 3]` -> the backbone's input (TensorFlow ops).
+
+    Modes: "unit" x / 255 (the TF Hub image convention), "none" unchanged (Keras models that
+    rescale inside: MobileNetV3, EfficientNet, ConvNeXt), and keras.applications'
+    `imagenet_utils.preprocess_input` modes "caffe" (BGR, ImageNet means subtracted: ResNet,
+    VGG), "tf" (x / 127.5 - 1: ResNetV2, Inception) and "torch" (x / 255, ImageNet mean/std).
+
+    >>> preprocess(tf.constant([[0.0, 127.5, 255.0]]), "tf").numpy().tolist()
+    [[-1.0, 0.0, 1.0]]
+    >>> preprocess(tf.constant([[10.0, 20.0, 30.0]]), "caffe").numpy().astype(int).tolist()  # BGR
+    [[-73, -96, -113]]
+    """
+    if mode == "unit":
+        return images / 255.0
+    if mode == "none":
+        return images
+    if mode in ("caffe", "tf", "torch"):
+        from keras.applications import imagenet_utils
+
+        return imagenet_utils.preprocess_input(images, data_format="channels_last", mode=mode)
+    raise BadInput(f"backbone preprocessing must be one of {PREPROCESSING[1:]}, got {mode!r}")
+
+
 class Backbone:
     """Image -> feature map, from a SavedModel handle or a Keras application.
 
     Args:
-        handle: TF Hub URL or local SavedModel directory; called with float32
-            `[1, height, width, 3]` in [0, 1], returns `[1, h, w, channels]` (or a dict
-            holding exactly one rank-4 tensor).
+        handle: TF Hub URL or local SavedModel directory, called (or its `signature`) with
+            float32 `[1, height, width, 3]`; returns `[1, h, w, channels]`, or a dict of outputs
+            of which `output` (or the only rank-4 one) is the map.
         app: instead, a `keras.applications` name such as "ResNet101" or "ResNet50",
             built with `include_top=False` and the weights of...
         weights: ...this local file (`.weights.h5`); required with `app`.
         min_side, max_side: the resize before the network (pixels).
+        preprocessing: a `PREPROCESSING` mode; "auto" is the application's own
+            `preprocess_input` with `app` and "unit" ([0, 1]) with a handle. A Keras
+            application saved as a SavedModel and given as a handle needs its mode named here
+            ("caffe" for ResNet50/101/152 and VGG), or it gets different features.
+        signature: with a handle, the signature to call (default: the model itself if
+            callable, else "serving_default", "image_feature_vector", "default").
+        output: with a handle whose outputs are a dict, the key of the spatial map (e.g. a TF1
+            Hub image module's "resnet_v2_101/block4" in its `image_feature_vector` signature).
 
     Call arguments:
         image: uint8 `[height, width, 3]` (TensorFlow ops only: also inside `tf.function`).
 
     Returns:
         float32 `[h, w, channels]`.
+
+    Attributes:
+        preprocessing: the mode used (never "auto").
+        variables: the weights the calls read, for a `tf.Module` to track when it is saved.
     """
+
+    SIGNATURES = ("serving_default", "image_feature_vector", "default")
 
     def __init__(
         self,
@@ -66,46 +111,99 @@ class Backbone:
         weights: str | None = None,
         min_side: int = 600,
         max_side: int = 1000,
+        preprocessing: str = "auto",
+        signature: str | None = None,
+        output: str | None = None,
     ):
         if (handle is None) == (app is None):
             raise BadInput("give exactly one of a backbone handle and a Keras application")
+        if preprocessing not in PREPROCESSING:
+            raise BadInput(
+                f"--backbone_preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}"
+            )
+        if app is not None and (signature or output):
+            raise BadInput("--backbone_signature/--backbone_output apply to --backbone_handle only")
         self.min_side, self.max_side = min_side, max_side
-        self.name = handle or app
+        self.name, self.output = handle or app, output
         if handle is not None:
             self.model = handles.load(handle, "backbone")
-            self._fn = self.model if callable(self.model) else self._signature(handle)
-            self._preprocess = lambda x: x / 255.0
+            self._fn = self._callable(handle, signature)
+            self.preprocessing = "unit" if preprocessing == "auto" else preprocessing
+            self.variables = self.model  # a loaded SavedModel: tracks its own variables
         else:
-            self._fn, self._preprocess = _keras_app(app, weights)
+            self._fn, own_mode = _keras_app(app, weights)
+            self.preprocessing = own_mode if preprocessing == "auto" else preprocessing
             self.model = self._fn.model
-        logging.info("Loaded backbone %s", self.name)
+            self.variables = [v.value for v in self.model.variables]  # tf.Variables, not Keras'
+        logging.info("Loaded backbone %s (preprocessing %s)", self.name, self.preprocessing)
 
-    def _signature(self, handle: str):
-        signature = self.model.signatures.get("serving_default")
-        if signature is None:
-            raise BadInput(f"{handle}: the SavedModel is neither callable nor has serving_default")
-        (name,) = signature.structured_input_signature[1]
-        return lambda x: signature(**{name: x})
+    def _callable(self, handle: str, signature: str | None):
+        signatures = getattr(self.model, "signatures", {})
+        if signature is None and callable(self.model):
+            return self.model
+        names = [signature] if signature else [s for s in self.SIGNATURES if s in signatures]
+        if not names or names[0] not in signatures:
+            raise BadInput(
+                f"backbone {handle}: "
+                + (
+                    f"no signature {signature!r}"
+                    if signature
+                    else f"not callable and no signature of {self.SIGNATURES}"
+                )
+                + f" (it has {sorted(signatures) or 'none'}; --backbone_signature picks one)"
+            )
+        fn = signatures[names[0]]
+        inputs = fn.structured_input_signature[1]
+        if len(inputs) != 1:
+            raise BadInput(
+                f"backbone {handle}: signature {names[0]} must take one image, got {inputs}"
+            )
+        (name,) = inputs
+        return lambda x: fn(**{name: x})
 
     def __call__(self, image) -> tf.Tensor:
         image = tf.convert_to_tensor(image, tf.uint8)
         size = resized_shape(tf.shape(image)[0], tf.shape(image)[1], self.min_side, self.max_side)
         x = tf.image.resize(tf.cast(image[None], tf.float32), size, antialias=True)
-        out = self._fn(self._preprocess(tf.clip_by_value(x, 0.0, 255.0)))
+        out = self._fn(preprocess(tf.clip_by_value(x, 0.0, 255.0), self.preprocessing))
         if isinstance(out, dict):
-            maps = [v for v in out.values() if v.shape.rank == 4]
-            if len(maps) != 1:
-                raise BadInput(f"{self.name}: expected one rank-4 output, got {out}")
-            out = maps[0]
+            out = self._pick(out)
+        if out.shape.rank == 2:
+            raise BadInput(
+                f"backbone {self.name}: gives a pooled feature vector {out.shape} (a TF Hub "
+                "image feature_vector model); region features need a spatial map [1, h, w, "
+                "channels]: name a rank-4 output with --backbone_output (TF1 Hub image modules "
+                "have them in their image_feature_vector signature), or use a feature-map "
+                "model or --backbone_app"
+            )
         if out.shape.rank != 4 or out.shape[0] not in (1, None):
             raise BadInput(
-                f"{self.name}: backbone must return [1, h, w, channels], got {out.shape}"
+                f"backbone {self.name}: must return [1, h, w, channels], got {out.shape}"
             )
         return tf.cast(out[0], tf.float32)
 
+    def _pick(self, out: dict) -> tf.Tensor:
+        maps = sorted(k for k, v in out.items() if v.shape.rank == 4)
+        if self.output is not None:
+            if self.output not in out:
+                raise BadInput(
+                    f"backbone {self.name}: no output {self.output!r} (--backbone_output); "
+                    f"it has {sorted(out)}"
+                )
+            return out[self.output]
+        if len(maps) == 1:
+            return out[maps[0]]
+        if not maps and len(out) == 1:
+            return next(iter(out.values()))  # a rank-2 vector is refused by the caller
+        if not maps:
+            raise BadInput(f"backbone {self.name}: no rank-4 output among {sorted(out)}")
+        raise BadInput(
+            f"backbone {self.name}: several spatial outputs {maps}: pick one with --backbone_output"
+        )
+
 
 def _keras_app(name: str, weights: str | None):
-    """A Keras application's feature extractor (a tf.function) and its preprocessing."""
+    """A Keras application's feature extractor (a tf.function) and its preprocessing mode."""
     import keras
 
     if not weights:
@@ -115,15 +213,30 @@ def _keras_app(name: str, weights: str | None):
     constructor = getattr(keras.applications, name, None)
     if constructor is None or not callable(constructor):
         raise BadInput(f"keras.applications has no model {name!r}")
-    model = constructor(include_top=False, weights=weights, input_shape=(None, None, 3))
-    preprocess = importlib.import_module(constructor.__module__).preprocess_input
+    try:
+        model = constructor(include_top=False, weights=weights, input_shape=(None, None, 3))
+    except ValueError as err:
+        raise BadInput(
+            f"--backbone_weights={weights} do not fit {name} (include_top=False): {err}"
+        ) from None
+    own = importlib.import_module(constructor.__module__).preprocess_input
 
     @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
     def features(images):
         return model(images, training=False)
 
     features.model = model  # keeps the weights alive with the function
-    return features, preprocess
+    return features, _mode_of(own, name)
+
+
+def _mode_of(fn, name: str) -> str:
+    """Which `PREPROCESSING` mode a keras.applications `preprocess_input` is (by probing)."""
+    probe = np.array([[[[0.0, 100.0, 255.0], [30.0, 60.0, 90.0]]]], np.float32)
+    got = np.asarray(fn(probe.copy()))
+    for mode in PREPROCESSING[1:]:
+        if np.allclose(got, preprocess(tf.constant(probe), mode).numpy(), atol=1e-4):
+            return mode
+    raise BadInput(f"{name}: its preprocess_input is none of {PREPROCESSING[1:]}")
 
 
 def pool_regions(

@@ -1,7 +1,8 @@
 """Image files -> `ImageRecord`s of detected regions: the extractor and the prepare source.
 
 `Extractor` chains the parts: decode (`images`, in threads), detect (`detector`, one image
-at a time: TF Hub detectors take a batch of one), choose regions (`RegionPolicy`), and
+at a time: TF Hub detectors take a batch of one), choose regions (`detector.choose_regions`:
+bottom-up-attention's rule over the proposals when the detector has them), and
 take each region's feature from the detector's `detection_features` or ROI-pool it from the
 backbone's feature map (`pooling`, one op per batch of images). Errors are per file: a file
 that cannot be decoded or gets no regions comes back as an `ImageError` in its place and the
@@ -48,6 +49,27 @@ BACKBONE_APP = flags.DEFINE_string(
 BACKBONE_WEIGHTS = flags.DEFINE_string(
     "backbone_weights", None, "Local weights file of --backbone_app (include_top=False)."
 )
+BACKBONE_PREPROCESSING = flags.DEFINE_enum(
+    "backbone_preprocessing",
+    "auto",
+    list(pooling.PREPROCESSING),
+    "Backbone input convention: auto = the --backbone_app's own preprocess_input, or [0, 1] "
+    "(unit) for a --backbone_handle; caffe/tf/torch as keras.applications; none = 0-255. A "
+    "Keras ResNet saved as a SavedModel and given as --backbone_handle needs caffe.",
+)
+BACKBONE_SIGNATURE = flags.DEFINE_string(
+    "backbone_signature", None, "Signature of --backbone_handle to call (default: it, if callable)."
+)
+BACKBONE_OUTPUT = flags.DEFINE_string(
+    "backbone_output", None, "Key of the spatial [1, h, w, C] output among a dict of outputs."
+)
+DETECTOR_FLOAT_INPUT = flags.DEFINE_enum(
+    "detector_float_input",
+    "auto",
+    list(detector_lib.FLOAT_INPUTS),
+    "Pixel range for a float-input detector: auto = 0-1 for a TF1 Hub 'default' signature, "
+    "else 0-255 (TF2 OD API float_image_tensor exports).",
+)
 BACKBONE_MIN_SIDE = flags.DEFINE_integer(
     "backbone_min_side", 600, "Backbone input: shorter image side (pixels).", lower_bound=8
 )
@@ -69,7 +91,12 @@ REGIONS_THRESHOLD = flags.DEFINE_float(
     "regions_threshold", 0.2, "Adaptive: detection score a region needs."
 )
 REGIONS_NMS_IOU = flags.DEFINE_float(
-    "regions_nms_iou", 0.3, "Class-agnostic NMS IoU threshold.", lower_bound=0.01, upper_bound=1
+    "regions_nms_iou",
+    0.3,
+    "NMS IoU threshold: per class over the detector's proposals (bottom-up-attention), or "
+    "class-agnostic over its final detections when it has no proposals.",
+    lower_bound=0.01,
+    upper_bound=1,
 )
 DECODE_THREADS = flags.DEFINE_integer(
     "decode_threads", 4, "Threads decoding image files ahead of the detector.", lower_bound=1
@@ -88,6 +115,10 @@ class ExtractorConfig:
     max_side: int = 1000
     pool_size: int = 7
     policy: detector_lib.RegionPolicy = detector_lib.RegionPolicy()
+    backbone_preprocessing: str = "auto"
+    backbone_signature: str | None = None
+    backbone_output: str | None = None
+    detector_float_input: str = "auto"
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -114,6 +145,10 @@ def config_from_flags() -> ExtractorConfig:
         BACKBONE_MAX_SIDE.value,
         ROI_POOL_SIZE.value,
         policy,
+        BACKBONE_PREPROCESSING.value,
+        BACKBONE_SIGNATURE.value,
+        BACKBONE_OUTPUT.value,
+        DETECTOR_FLOAT_INPUT.value,
     )
 
 
@@ -128,21 +163,12 @@ class Extractor:
 
     def __init__(self, config: ExtractorConfig, batch_size: int = 4, threads: int = 4):
         self.config, self.batch_size, self.threads = config, batch_size, threads
-        self.detector = detector_lib.Detector(config.detector_handle)
-        self.backbone = None
-        if config.backbone_handle or config.backbone_app:
-            self.backbone = pooling.Backbone(
-                config.backbone_handle,
-                config.backbone_app,
-                config.backbone_weights,
-                config.min_side,
-                config.max_side,
-            )
+        self.detector = detector_lib.Detector(config.detector_handle, config.detector_float_input)
+        self.backbone = backbone_of(config)
 
     def regions(self, image: np.ndarray) -> detector_lib.Detections:
-        """The chosen detections of one uint8 `[height, width, 3]` image (may raise ImageError)."""
-        dets = self.detector(image)
-        dets = dets.take(detector_lib.select_regions(dets.boxes, dets.scores, self.config.policy))
+        """The chosen regions of one uint8 `[height, width, 3]` image (may raise ImageError)."""
+        dets = self.detector.regions(image, self.config.policy)
         if not len(dets.scores):
             raise images_lib.ImageError("no regions: the detector found no boxes")
         if dets.features is None and self.backbone is None:
@@ -195,6 +221,22 @@ class Extractor:
             results[i] = images_lib.ImageError(problem) if problem else rec
         for i, (path, _, _) in enumerate(batch):
             yield path, results[i]
+
+
+def backbone_of(config: ExtractorConfig) -> pooling.Backbone | None:
+    """The config's `pooling.Backbone`, or None when it names none."""
+    if not (config.backbone_handle or config.backbone_app):
+        return None
+    return pooling.Backbone(
+        config.backbone_handle,
+        config.backbone_app,
+        config.backbone_weights,
+        config.min_side,
+        config.max_side,
+        config.backbone_preprocessing,
+        config.backbone_signature,
+        config.backbone_output,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
