@@ -1,7 +1,7 @@
 r"""Caption quality over seeds: train xe -> scst -> gan per seed, score every phase, one table.
 
   python -m tfcap.experiments.quality --work_dir=runs/quality --name=baseline \
-      [--seeds=0,7,42] [--train_flags=--text_attention=true,...] [--phases=xe,scst,gan]
+      [--seeds=0,7,42] [--train_flags=--text_attention=true,...] [--train_phases=xe,scst,gan]
   python -m tfcap.experiments.quality --work_dir=runs/quality --table   # every variant so far
 
 Data: the demo's synthetic set (`configs/demo_data.flags`) with a test split of
@@ -51,10 +51,12 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "7", "42"], "Training seeds (at least 
 _TRAIN_FLAGS = flags.DEFINE_list(
     "train_flags", [], "Extra tfcap.train flags of this variant, e.g. --text_attention=true."
 )
-_PHASES = flags.DEFINE_list("phases", ["xe", "scst", "gan"], "Phases to train and score.")
-_XE_STEPS = flags.DEFINE_integer("xe_steps", 1251, "XE steps.", lower_bound=1)
-_SCST_STEPS = flags.DEFINE_integer("scst_steps", 300, "SCST steps.", lower_bound=0)
-_GAN_STEPS = flags.DEFINE_integer("gan_steps", 300, "GAN generator steps.", lower_bound=0)
+# train_ prefixes: tfcap.train's own --phases, --scst_steps, --gan_steps share the process
+# whenever both are imported (the test suite).
+_PHASES = flags.DEFINE_list("train_phases", ["xe", "scst", "gan"], "Phases to train and score.")
+_XE_STEPS = flags.DEFINE_integer("train_xe_steps", 1251, "XE steps.", lower_bound=1)
+_SCST_STEPS = flags.DEFINE_integer("train_scst_steps", 300, "SCST steps.", lower_bound=0)
+_GAN_STEPS = flags.DEFINE_integer("train_gan_steps", 300, "GAN generator steps.", lower_bound=0)
 _TEST_IMAGES = flags.DEFINE_integer("test_images", 1000, "Test scenes.", lower_bound=250)
 _JUDGE_STEPS = flags.DEFINE_integer("judge_steps", 800, "Judge training steps.", lower_bound=0)
 _TABLE = flags.DEFINE_bool("table", False, "Only print the table of what is in --work_dir.")
@@ -140,7 +142,8 @@ def fork(source: str, model_dir: str, phase: str = "xe") -> None:
         if p not in keep:
             for f in tf.io.gfile.glob(p + ".*"):
                 os.remove(f)
-    tf.train.update_checkpoint_state(ckpt_dir, keep[-1], keep)
+    names = [os.path.basename(p) for p in keep]  # relative: the copy stays movable
+    tf.compat.v1.train.update_checkpoint_state(ckpt_dir, names[-1], names)
     later = {"xe": ("scst", "gan"), "scst": ("gan",), "gan": ()}[phase]
     names = [f"phase_{p}" for p in later] + [f"scores_{p}_val.json" for p in later]
     for name in names + (["discriminator.json"] if "gan" in later else []):
