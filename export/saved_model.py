@@ -2,11 +2,15 @@ r"""Writes a versioned SavedModel for TensorFlow Serving.
 
   python -m export.saved_model --model_dir=RUN --export_base=/models/tfcap \
       [--version=N] [--beam_size=3] [--length_penalty=0] [--checkpoint=best] \
-      [--detector_handle=DIR --backbone_handle=DIR ...]   # adds serving_default
+      [--detector_handle=DIR --backbone_app=ResNet101 --backbone_weights=W.h5 ...]
+      # adds serving_default: the same extractor flags tfcap.features.extract took
 
 Layout (DESIGN.md, "SavedModel contract"): `EXPORT_BASE/<version>/` with
-`saved_model.pb`, `variables/`, `assets/vocab.txt` and
-`assets.extra/tf_serving_warmup_requests`. The version is written to
+`saved_model.pb`, `variables/`, `assets/vocab.txt`,
+`assets.extra/tf_serving_warmup_requests` and, with `serving_default`,
+`assets.extra/extractor.json` (the extractor configuration, as `tfcap.features.extract`
+records it in dataset.json, plus what was resolved: detector contract, preprocessing,
+regions from proposals or final detections). The version is written to
 `EXPORT_BASE/.tmp-<version>-<pid>/` and renamed into place, so a server
 watching `EXPORT_BASE` never sees half a version; an existing version is never
 overwritten. The default version is the largest existing one plus 1.
@@ -17,10 +21,15 @@ Signatures, both decoding in-graph with beam search (`--beam_size`):
   float32 `[batch, regions, 4]`, `num_regions` int32 `[batch]` (regions at or
   after `num_regions` are padding).
 - `serving_default` (only with a region extractor, `--detector_handle`):
-  `image_bytes` string `[batch]`, JPEG/PNG/GIF/BMP, decoded in-graph, regions
-  found and pooled by `tfcap.features.detector.RegionExtractor` with the
-  feature-extraction flags of `tfcap.features.source` (use the values the
-  training features were extracted with).
+  `image_bytes` string `[batch]`, JPEG/PNG/GIF/BMP, decoded in-graph as
+  extraction decodes files (`tfcap.features.images.decode_in_graph`: EXIF
+  orientation, alpha over white, Pillow's JPEG DCT), regions found and pooled by
+  `tfcap.features.serving.RegionExtractor` built from the same
+  `tfcap.features.source.ExtractorConfig` (`source.config_from_flags`, every
+  extractor flag: detector, `--backbone_app`/`--backbone_handle`, preprocessing,
+  sizes, region policy) as `tfcap.features.extract` builds. Give the values the
+  training features were extracted with: when the model's training data records
+  another extractor, the export warns and records both.
 
 Outputs of both: `caption` string `[batch]`, `score` float32 `[batch]` (the
 beam score: log-probability over `((5 + length) / 6) ** length_penalty`),
@@ -33,6 +42,7 @@ The graph holds core TensorFlow ops only: the vocabulary is an asset read by a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -43,16 +53,18 @@ from absl import app, flags, logging
 
 from tfcap import checkpoints, cli, cli_flags, errors
 from tfcap.data import vocab as vocab_lib
-from tfcap.features import detector, source
+from tfcap.features import images as images_lib
+from tfcap.features import serving, source
 
 FEATURES_SIGNATURE = "caption_features"
 IMAGES_SIGNATURE = "serving_default"
 WARMUP_FILE = "tf_serving_warmup_requests"
+EXTRACTOR_FILE = "extractor.json"
 
 # image uint8 [height, width, 3] -> {"features": float32 [regions, dim],
 # "boxes": float32 [regions, 4] (x1, y1, x2, y2 in [0, 1]), "num_regions": int32 []},
 # with a fixed `regions` (padding after num_regions), e.g.
-# `tfcap.features.detector.RegionExtractor`. Must be trackable (a tf.Module) so
+# `tfcap.features.serving.RegionExtractor`. Must be trackable (a tf.Module) so
 # that the models it uses are saved with the export.
 RegionExtractor = Callable[[tf.Tensor], dict]
 
@@ -165,9 +177,7 @@ class CaptionModule(tf.Module):
 
     def _caption_images(self, image_bytes):
         def regions_of(data):
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
-            image.set_shape([None, None, 3])
-            out = self.region_extractor(image)
+            out = self.region_extractor(images_lib.decode_in_graph(data))
             return out["features"], out["boxes"], tf.cast(out["num_regions"], tf.int32)
 
         features, boxes, count = tf.map_fn(
@@ -257,6 +267,7 @@ def export(
     if not 1 <= beam_size <= len(words):
         raise errors.BadInput(f"beam_size must be in [1, {len(words)}], got {beam_size}")
     feature_dim, regions = info["data"]["feature_dim"], info["data"]["max_regions"]
+    extractor_json = _extractor_record(region_extractor, info, feature_dim)
     module = CaptionModule(
         model,
         os.path.join(model_dir, checkpoints.VOCAB_FILE),
@@ -278,6 +289,9 @@ def export(
         with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
             for log in warmup_requests(module, feature_dim, regions):
                 writer.write(log.SerializeToString())
+        if extractor_json is not None:
+            with open(os.path.join(extra, EXTRACTOR_FILE), "w", encoding="utf-8") as f:
+                json.dump(extractor_json, f, indent=1, sort_keys=True)
         if os.path.exists(final):  # another writer got there first
             raise errors.OutputExists(f"{final} exists: versions are never overwritten")
         os.rename(tmp, final)
@@ -287,29 +301,56 @@ def export(
     return final
 
 
+def _extractor_record(region_extractor, info: dict, feature_dim: int) -> dict | None:
+    """extractor.json of the export; checks the extractor's feature dim against the model's."""
+    if region_extractor is None:
+        return None
+    got = getattr(region_extractor, "feature_dim", feature_dim)
+    if got != feature_dim:
+        raise errors.BadInput(
+            f"the region extractor gives {got}-d features (--detector_handle, --backbone_app or "
+            f"--backbone_handle) but the model takes {feature_dim}-d: export with the extractor "
+            "the training features came from"
+        )
+    record = region_extractor.describe() if hasattr(region_extractor, "describe") else {}
+    data_json = os.path.join(info["data"].get("data_dir", ""), "dataset.json")
+    if os.path.isfile(data_json):
+        with open(data_json, encoding="utf-8") as f:
+            trained = json.load(f).get("extractor")
+        if trained is not None:
+            record["training_data_extractor"] = trained
+            ours = record.get("extractor", {})
+            differ = sorted(k for k in set(trained) | set(ours) if trained.get(k) != ours.get(k))
+            if differ:
+                logging.warning(
+                    "serving_default's extractor differs from the training data's (%s) in %s",
+                    data_json,
+                    ", ".join(differ),
+                )
+            record["differs_from_training_data"] = differ
+    return record
+
+
 def region_extractor_from_flags() -> RegionExtractor | None:
-    """The images signature's detector + ROI pooling (`tfcap.features.detector`), from
-    the feature-extraction flags (`--detector_handle`, `--backbone_handle`,
-    `--backbone_min_side`, `--backbone_max_side`, `--roi_pool_size`, `--regions_fixed`,
-    `--regions_nms_iou`); None without `--detector_handle`. Give the values the
-    training features were extracted with."""
+    """The images signature's extractor (`tfcap.features.serving.RegionExtractor`) from the
+    feature-extraction flags of `tfcap.features.source`, exactly as `tfcap.features.extract`
+    reads them (`source.config_from_flags`: detector, `--backbone_app`/`--backbone_weights` or
+    `--backbone_handle`, preprocessing, sizes, pool size, region policy); None without
+    `--detector_handle`. Give the values the training features were extracted with."""
     if not source.DETECTOR_HANDLE.value:
         return None
-    return detector.region_extractor(
-        source.DETECTOR_HANDLE.value,
-        source.REGIONS_FIXED.value,
-        backbone_handle=source.BACKBONE_HANDLE.value,
-        min_side=source.BACKBONE_MIN_SIDE.value,
-        max_side=source.BACKBONE_MAX_SIDE.value,
-        pool_size=source.ROI_POOL_SIZE.value,
-        nms_iou=source.REGIONS_NMS_IOU.value,
-    )
+    return serving.RegionExtractor(source.config_from_flags())
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    extractor = region_extractor_from_flags()
+    try:
+        extractor = region_extractor_from_flags()
+    except errors.UserError:
+        raise
+    except ValueError as err:  # a region policy the flags make impossible
+        raise app.UsageError(str(err)) from None
     path = export(
         cli_flags.MODEL_DIR.value,
         _EXPORT_BASE.value,

@@ -134,9 +134,10 @@ def test_fresh_process_without_tensorflow_text_gives_the_checkpoint_decode(
 
     # serving_default = the detector's regions through the same decode.
     from tfcap.features import detector
+    from tfcap.features import images as images_lib
 
     extractor = detector.region_extractor(detector_handle, SERVING_REGIONS)
-    decoded = [tf.io.decode_image(d, channels=3, expand_animations=False) for d in images]
+    decoded = [images_lib.decode_in_graph(tf.constant(d)) for d in images]
     regions = [extractor(image) for image in decoded]
     feats = np.stack([r["features"].numpy() for r in regions])
     counts = np.array([int(r["num_regions"]) for r in regions], np.int32)
