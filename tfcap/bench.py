@@ -335,6 +335,7 @@ def xe_flops(preset: str, batch_size: int) -> int:
         att_hidden=config["att_hidden"],
         text_attention=config["text_attention"],
         max_len=config["max_len"],
+        feature_embed=config.get("feature_embed", False),
     )
 
 

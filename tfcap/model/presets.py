@@ -4,6 +4,11 @@
 - `multiatt`: `updown` plus the seed paper's textual attention.
 - `demo`: small, for the synthetic data set on a CPU.
 
+All embed the region features and their mean into the rnn width before the
+LSTMs (`feature_embed`): on the demo data it raised test CIDEr from 1.484 ± 0.047
+to 1.587 ± 0.073 (250 scenes; 1.572 -> 1.709 on 1,000), 3 seeds, 1,251 XE steps
+(`python -m tfcap.experiments.quality`, README "Caption quality").
+
 >>> sorted(PRESETS)
 ['demo', 'multiatt', 'updown']
 """
@@ -15,6 +20,7 @@ _UPDOWN = dict(
     dropout=0.5,
     text_attention=False,
     max_len=16,
+    feature_embed=True,
 )
 
 PRESETS = {
@@ -27,5 +33,6 @@ PRESETS = {
         dropout=0.3,
         text_attention=False,
         max_len=16,
+        feature_embed=True,
     ),
 }

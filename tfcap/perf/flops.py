@@ -22,6 +22,7 @@ def forward_flops(
     att_hidden: int,
     text_attention: bool = False,
     max_len: int = 16,
+    feature_embed: bool = False,
 ) -> int:
     """FLOPs of one teacher-forced forward pass.
 
@@ -31,9 +32,17 @@ def forward_flops(
     ...     feature_dim=2048, vocab_size=9487, rnn_size=1000, embed_dim=1000, att_hidden=512)
     >>> round(f / 1e9, 1)
     66.0
+    >>> g = forward_flops(images=10, captions_per_image=5, steps=17, regions=36, feature_dim=2048,
+    ...     vocab_size=9487, rnn_size=1000, embed_dim=1000, att_hidden=512, feature_embed=True)
+    >>> round(g / 1e9, 1)
+    59.9
     """
     rows = images * captions_per_image
-    per_image = regions * feature_dim * att_hidden + feature_dim * 4 * rnn_size  # keys, mean gates
+    per_image = 0
+    if feature_embed:  # regions and their mean into the rnn width; the rest sees that width
+        per_image = (regions + 1) * feature_dim * rnn_size
+        feature_dim = rnn_size
+    per_image += regions * feature_dim * att_hidden + feature_dim * 4 * rnn_size  # keys, mean gates
     per_step = (
         (rnn_size + embed_dim + rnn_size) * 4 * rnn_size  # attention LSTM (without the mean)
         + rnn_size * att_hidden  # attention query
