@@ -1,8 +1,10 @@
-"""Tiny local SavedModels shaped like TF Hub models, for feature-extraction tests (no network).
+"""Tiny local SavedModels for feature-extraction tests (no network).
 
-`FakeDetector` follows the TF2 Object Detection API SavedModel contract of the TF Hub
-Faster R-CNN models (e.g. `tensorflow/faster_rcnn/resnet50_v1_640x640`): called with uint8
-`[1, height, width, 3]`, it returns a dict of
+Not the public detectors' signature (detector_models.py builds those): `FakeDetector` has no
+raw proposals, and its `detection_features` variants stand for the one case where a detector
+really exports box features (a self-made OD API export with `output_final_box_features`). Use
+it for that path, for padding rows (`num_detections`) and the signature-only case. Called with
+uint8 `[1, height, width, 3]`, it returns a dict of
 
 - `detection_boxes`: float32 `[1, detections, 4]`, normalised (ymin, xmin, ymax, xmax): y first;
 - `detection_scores`: float32 `[1, detections]`, descending;
