@@ -226,6 +226,8 @@ def test_official_vision_outputs_are_normalised_by_image_info():
            "num_detections": tf.constant([1], tf.int32), "image_info": info}  # fmt: skip
     expected = [[25.6 / 0.8533 / 150, 0.2, 102.4 / 0.8533 / 150, 0.6]]  # x1, y1, x2, y2
     np.testing.assert_allclose(detector.parse_outputs(nms)["boxes"], expected, rtol=1e-5)
+    normalised = {**nms, "detection_boxes": tf.constant([[[0.2, 0.1, 0.6, 0.5]]])}  # RetinaNet's
+    np.testing.assert_allclose(detector.parse_outputs(normalised)["boxes"], [[0.1, 0.2, 0.5, 0.6]])
     per_class = tf.tile(pixels[:, :, None], [1, 1, 2, 1]) * tf.constant([1.0, 0.5])[:, None]
     raw = {"decoded_boxes": per_class, "image_info": info,
            "decoded_box_scores": tf.constant([[[0.1, 0.7]]])}  # fmt: skip

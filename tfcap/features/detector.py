@@ -24,7 +24,8 @@ SavedModels with exactly these signatures, tests/features/detector_models.py):
   the resized input, `image_info` `[batch, 4, 2]` (original size, resized size, scale, offset),
   int32 `num_detections` and `detection_classes`; exported with `apply_nms=False` instead
   `decoded_boxes` `[batch, proposals, classes, 4]` and `decoded_box_scores`
-  `[batch, proposals, classes]` (background removed).
+  `[batch, proposals, classes]` (background removed). Boxes whose largest value is at most 1
+  are taken as normalised already (RetinaNet's `output_normalized_coordinates`).
 
 `parse_outputs` turns any of them into one image's rows, boxes as the dataset schema has them:
 (x1, y1, x2, y2) normalised and clipped to the image.
@@ -357,8 +358,9 @@ def parse_outputs(out: dict) -> dict[str, tf.Tensor]:
         info = tf.cast(out["image_info"][0], tf.float32)  # [4, 2]
         scale = tf.tile(info[2], [2]) * tf.tile(info[0], [2])  # y, x, y, x
 
-        def to_unit(b):
-            return b / scale
+        def to_unit(b):  # RetinaNet's output_normalized_coordinates are in [0, 1] already
+            largest = tf.reduce_max(tf.concat([tf.reshape(b, [-1]), [0.0]], 0))
+            return tf.cond(largest > 1.0, lambda: b / scale, lambda: b)
 
     if "detection_boxes" in out:
         batched = out["detection_boxes"].shape.rank == 3
