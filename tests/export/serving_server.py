@@ -1,33 +1,96 @@
 """A stand-in for `tensorflow_model_server`'s REST API, for tests.
 
 The real server cannot be installed on these machines, so the tests exercise
-the export and `export.client` against this one. It serves every integer
-version under a model base path, following TF Serving's documented REST
-semantics (https://www.tensorflow.org/tfx/serving/api_rest):
+the export and `export.client` against this one. It follows TF Serving's
+documented REST semantics (https://www.tensorflow.org/tfx/serving/api_rest)
+and, where users would notice, the behaviour of its source (tensorflow/serving:
+`model_servers/server.cc`, `server_core.cc`, `get_model_status_impl.cc`,
+`http_rest_api_handler.cc`, `http_rest_api_util.cc`, `http_server.cc`,
+`util/json_tensor.cc`, `batching/batching_session.cc`, `batching/batching_util.cc`,
+`servables/tensorflow/bundle_factory_util.cc`; TensorFlow's
+`kernels/batching_util/shared_batch_scheduler.h`):
 
-    GET  /v1/models/NAME[/versions/V]              status (GetModelStatusResponse)
-    GET  /v1/models/NAME[/versions/V]/metadata     signature defs (GetModelMetadataResponse)
-    POST /v1/models/NAME[/versions/V]:predict      row or columnar request
+    GET  /v1/models/NAME[/versions/V|/labels/L]              status
+    GET  /v1/models/NAME[/versions/V|/labels/L]/metadata     signature defs
+    POST /v1/models/NAME[/versions/V|/labels/L]:predict      row or columnar request
 
+- Paths: matched case-insensitively, the query string ignored, NAME and L
+  percent-decoded. Any other path or method under `/v1/` is a bad request (400,
+  "Malformed request: METHOD PATH"), a path outside `/v1/` 404. `:classify` and
+  `:regress` are not implemented here (400).
+- Versions: `--model_base_path` + `--model_name` serve only the newest integer
+  version (TF Serving's default policy, `latest { num_versions: 1 }`); a
+  `--model_config_file` (text `ModelServerConfig`, which then replaces both
+  flags) gives each model its `model_version_policy` (`latest`, `all`,
+  `specific`) and `version_labels` (each must name a served version, else the
+  server does not start). Asking for a version that is not served answers 404
+  ("Servable not found for request: Specific(NAME, V)"; the status endpoint:
+  "Could not find version V of model NAME"); an unknown label 400
+  ("Unrecognized servable version label: L"). The status endpoint ignores a
+  label and lists every served version, newest first, as GetModelStatus does.
 - Row format: `{"signature_name": S, "instances": [...]}`, one element per
   example: an object of named inputs, or a bare value when the signature has
   one input. Answer `{"predictions": [...]}`: per example an object of named
   outputs (the bare value when there is one output).
 - Columnar format: `{"inputs": {name: batched value}}` (or a bare value for one
   input). Answer `{"outputs": {name: value}}` (bare for one output).
+- JSON as RapidJSON reads it with TF Serving's flags (kParseNanAndInfFlag,
+  kParseStopWhenDoneFlag): `NaN`, `Infinity`, `Inf` and their negatives are
+  numbers, and are written back as `NaN`, `Infinity`, `-Infinity` in answers;
+  float inputs are rounded to float32 (1e39 becomes Infinity); a literal beyond
+  float64 (1e400) is a parse error; anything after the top-level value is
+  ignored.
 - Binary strings travel as `{"b64": "..."}`; string outputs whose name ends in
   `_bytes` are sent the same way.
-- Errors: `{"error": "..."}`, status 400 for a bad request (unparsable or too
-  deeply nested JSON, bad base64, a string that is not UTF-8, wrong dtype or
-  shape, a number that is not finite in the input's dtype, empty batch, batch
-  over `max_batch`, both `instances` and `inputs`, an input the graph rejects,
-  a bad Content-Length), 404 for an unknown model, version or path, 405 for
-  another HTTP method, 500 for anything else (a fault of the server, never of
-  the request: tests/export/test_request_fuzz.py holds it to that); the server
-  keeps running.
+- Timeout: a predict call not answered within `--rest_api_timeout_in_ms`
+  (default 30000, as the real server; 0: none) is answered 504 (the real
+  server's session-run deadline; the work itself is not cancelled here).
+- Batching (`--enable_batching`, `--batching_parameters_file`: text
+  `BatchingParameters` with `max_batch_size` (default 1000),
+  `batch_timeout_micros` (0), `max_enqueued_batches` (10), `num_batch_threads`
+  (one per core), `allowed_batch_sizes`, `pad_variable_length_inputs`): one
+  queue per model version and signature, batch threads shared by all queues,
+  as SharedBatchScheduler. A request joins the open batch of its queue if it
+  fits in `max_batch_size`, else closes it and opens the next; a batch is run
+  when it is full, when `batch_timeout_micros` has passed since it opened, or
+  once a later batch has been opened. A request larger than `max_batch_size` is
+  refused ("Task size N is larger than maximum input batch size M", 400), so is
+  one that needs a new batch while `max_enqueued_batches` are queued ("The
+  batch scheduling queue to which this task was submitted is full", 503) and
+  one whose inputs differ in dimension 0 ("Batching Run() input tensors must
+  have equal 0th-dimension size", 400). Inputs whose other dimensions differ
+  fail the whole batch unless `pad_variable_length_inputs`, which pads each to
+  the batch's largest size with that input's first element; outputs are cut
+  back along dimension 0 only, so they keep the padded sizes. A batch below an
+  `allowed_batch_sizes` entry is padded with its last request's first row, the
+  padding rows dropped from the answers. A graph error fails every request of
+  its batch. Without batching there is no batch limit.
+- Errors: `{"error": "..."}`, status 400 for a bad request (unparsable JSON,
+  bad base64, a string that is not UTF-8, wrong dtype or shape, empty batch,
+  both `instances` and `inputs`, an input the graph rejects, a bad
+  Content-Length, a malformed path), 404 for an unknown model or version or a
+  path outside `/v1/`, 503 for a full batching queue, 504 for a timeout, 500
+  for anything else (a fault of the server, never of the request:
+  tests/export/test_request_fuzz.py holds it to that); the server keeps
+  running.
+
+Where it still differs from the real server: error texts of request decoding
+are its own (the status codes are the real ones); strings are checked for
+UTF-8 (RapidJSON, as TF Serving runs it, passes any bytes through); floats in
+answers are Python's repr of the float32 value as a double
+(0.20000000298023224 where the real server writes 0.2: the same float32); the
+real server's 404 outside `/v1/` has an HTML body, not JSON; HEAD is not
+answered; no gRPC, no model hot-reload or config polling, no
+`enable_large_batch_splitting`,
+`enable_per_model_batching_params` or batching priority queues (other
+batching fields are refused when parsing the file); a timed-out request's
+graph work runs on to its end; the real server cancels it, and answers 429
+when a batched request's deadline passed while it was still queued.
 
 Run as a process: `python tests/export/serving_server.py --model_base_path=DIR
---model_name=tfcap --port=8501`.
+--model_name=tfcap --port=8501` (or `--model_config_file=FILE`; add
+`--enable_batching [--batching_parameters_file=FILE]`,
+`--rest_api_timeout_in_ms=MS`).
 """
 
 from __future__ import annotations
@@ -35,22 +98,33 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import collections
+import concurrent.futures
 import json
+import math
 import os
 import re
 import threading
+import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import tensorflow as tf
-from google.protobuf import json_format
+from google.protobuf import json_format, text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.config import model_server_config_pb2
 
-DEFAULT_MAX_BATCH = 64
-_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<tail>/metadata|:predict)?$"
+DEFAULT_TIMEOUT_MS = 30_000  # tensorflow_model_server's --rest_api_timeout_in_ms
+# http_rest_api_util.cc's kPredictionApiGegex and kModelStatusApiRegex, matched in full.
+_PREDICT_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)",
+    re.IGNORECASE,
+)
+_STATUS_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(?:/(metadata))?",
+    re.IGNORECASE,
 )
 
 
@@ -63,27 +137,86 @@ class RequestError(Exception):
 
 
 class ModelStore:
-    """Every integer-named version under `base_path`, loaded with tf.saved_model.load."""
+    """The versions of one model that its version policy serves, loaded with
+    tf.saved_model.load.
 
-    def __init__(self, base_path: str, name: str):
+    Args:
+        base_path: the model's base path (integer-named version directories).
+        name: the model name.
+        policy: a `ServableVersionPolicy` (tensorflow_serving.config); None is TF
+            Serving's default, the newest version only.
+        labels: version label -> version (`version_labels` of a model config).
+    """
+
+    def __init__(self, base_path: str, name: str, policy=None, labels=None):
         self.name = name
-        self.versions: dict[int, tuple] = {}
-        for entry in sorted(os.listdir(base_path)):
-            path = os.path.join(base_path, entry)
-            if entry.isdigit() and os.path.isdir(path):
-                self.versions[int(entry)] = (tf.saved_model.load(path), _signature_defs(path))
-        if not self.versions:
+        on_disk = sorted(
+            int(entry)
+            for entry in os.listdir(base_path)
+            if entry.isdigit() and os.path.isdir(os.path.join(base_path, entry))
+        )
+        if not on_disk:
             raise FileNotFoundError(f"no integer version directory under {base_path}")
+        self.versions: dict[int, tuple] = {}
+        for number in served_versions(on_disk, policy):
+            path = os.path.join(base_path, str(number))
+            self.versions[number] = (tf.saved_model.load(path), _signature_defs(path))
+        self.labels = dict(labels or {})
+        for number in self.labels.values():
+            if number not in self.versions:
+                raise ValueError(
+                    f"Request to assign label to version {number} of model {name}, "
+                    "which is not currently available for inference"
+                )
 
-    def get(self, name: str, version: str | None, label: str | None) -> tuple[int, tuple]:
-        if name != self.name:
-            raise RequestError(f"Servable not found for request: Latest({name})", 404)
+    def resolve(self, version: str | None, label: str | None) -> int:
+        """The version a request names (404/400 RequestError as the real server)."""
         if label is not None:
-            raise RequestError(f"Unrecognized servable version label: {label}", 404)
-        number = max(self.versions) if version is None else int(version)
-        if number not in self.versions:
-            raise RequestError(f"Servable not found for request: Specific({name}, {number})", 404)
-        return number, self.versions[number]
+            if label not in self.labels:
+                raise RequestError(f"Unrecognized servable version label: {label}", 400)
+            return self.labels[label]
+        if version is None:
+            return max(self.versions)
+        if int(version) not in self.versions:
+            raise RequestError(
+                f"Servable not found for request: Specific({self.name}, {int(version)})", 404
+            )
+        return int(version)
+
+
+def served_versions(on_disk: list[int], policy=None) -> list[int]:
+    """The versions a `ServableVersionPolicy` serves out of those on disk.
+
+    >>> served_versions([1, 2, 5])
+    [5]
+    >>> p = model_server_config_pb2.ModelConfig().model_version_policy
+    >>> p.latest.num_versions = 2
+    >>> served_versions([1, 2, 5], p)
+    [2, 5]
+    >>> p.specific.versions[:] = [1, 7]
+    >>> served_versions([1, 2, 5], p)
+    [1]
+    """
+    choice = policy.WhichOneof("policy_choice") if policy is not None else None
+    if choice == "all":
+        return list(on_disk)
+    if choice == "specific":
+        return [v for v in on_disk if v in set(policy.specific.versions)]
+    count = policy.latest.num_versions if choice == "latest" else 1
+    return list(on_disk[-max(count, 1) :])
+
+
+def load_model_config(path: str) -> dict[str, ModelStore]:
+    """The models of a text `ModelServerConfig` (`--model_config_file`), by name."""
+    with open(path, encoding="utf-8") as f:
+        config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+    stores = {}
+    for model in config.model_config_list.config:
+        policy = model.model_version_policy if model.HasField("model_version_policy") else None
+        stores[model.name] = ModelStore(model.base_path, model.name, policy, model.version_labels)
+    if not stores:
+        raise ValueError(f"{path}: no model_config_list entries")
+    return stores
 
 
 def _signature_defs(path: str):
@@ -94,25 +227,39 @@ def _signature_defs(path: str):
 
 
 class ServingApp:
-    """The REST semantics, independent of HTTP: `handle` returns (status, JSON object)."""
+    """The REST semantics, independent of HTTP: `handle` returns (status, JSON object).
 
-    def __init__(self, store: ModelStore, max_batch: int = DEFAULT_MAX_BATCH):
-        self.store, self.max_batch = store, max_batch
+    Args:
+        stores: model name -> `ModelStore` (or one `ModelStore`).
+        batching: a `BatchingParameters` message (`batching_parameters`) to merge
+            concurrent requests as `--enable_batching` does; None: no batching.
+        timeout_ms: `--rest_api_timeout_in_ms`; a predict call not answered by then
+            gets 504. 0 or less: no timeout.
+        num_threads: `--rest_api_num_threads`, the threads that run graphs without
+            batching (the real default: 4 per core).
+    """
+
+    def __init__(
+        self,
+        stores,
+        batching=None,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+        num_threads: int | None = None,
+    ):
+        self.stores = {stores.name: stores} if isinstance(stores, ModelStore) else dict(stores)
+        self.batching = batching
+        self.timeout = timeout_ms / 1000 if timeout_ms > 0 else None
+        threads = num_threads or 4 * (os.cpu_count() or 1)
+        # the real server's HTTP executor (--rest_api_num_threads) runs the graphs
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="rest")
+        # refused when the server starts, as the real one does
+        self._scheduler = BatchScheduler(batching) if batching is not None else None
+        self._queues: dict[tuple, BatchQueue] = {}
+        self._lock = threading.Lock()
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
         try:
-            match = _PATH.match(path)
-            if not match:
-                raise RequestError(f"Malformed request: {method} {path}", 404)
-            name, tail = match["name"], match["tail"]
-            number, (loaded, sigdefs) = self.store.get(name, match["version"], match["label"])
-            if method == "GET" and tail is None:
-                return 200, self._status(match["version"])
-            if method == "GET" and tail == "/metadata":
-                return 200, self._metadata(name, number, sigdefs)
-            if method == "POST" and tail == ":predict":
-                return 200, self._predict(loaded, sigdefs, body)
-            raise RequestError(f"Malformed request: {method} {path}", 404)
+            return 200, self._dispatch(method, path.split("?", 1)[0], body)
         except RequestError as e:
             return e.status, {"error": str(e)}
         except tf.errors.InvalidArgumentError as e:
@@ -122,8 +269,45 @@ class ServingApp:
         except Exception as e:  # noqa: BLE001 - a server answers, it does not crash
             return 500, {"error": f"{type(e).__name__}: {e}"}
 
-    def _status(self, version: str | None) -> dict:
-        numbers = sorted(self.store.versions) if version is None else [int(version)]
+    def _dispatch(self, method: str, path: str, body: bytes) -> dict:
+        """ProcessRequest of http_rest_api_handler.cc: route by method and path."""
+        if not path.lower().startswith("/v1/"):
+            raise RequestError(f"Not found: {path}", 404)
+        malformed = RequestError(f"Malformed request: {method} {path}", 400)
+        pattern = {"POST": _PREDICT_PATH, "GET": _STATUS_PATH}.get(method)
+        match = pattern.fullmatch(path) if pattern else None
+        if not match:
+            raise malformed
+        name, version, label, tail = match.groups()
+        name = urllib.parse.unquote(name or "")
+        label = None if label is None else urllib.parse.unquote(label)
+        if not name:
+            raise RequestError("Missing model name in request.")
+        if method == "GET" and tail is None:
+            return self._status(name, version)
+        store = self.stores.get(name)
+        if store is None:
+            raise RequestError(f"Servable not found for request: Latest({name})", 404)
+        number = store.resolve(version, label)
+        loaded, sigdefs = store.versions[number]
+        if method == "GET":
+            return self._metadata(name, number, sigdefs)
+        if tail.lower() != "predict":
+            raise RequestError(f"this test server implements :predict only, not :{tail}")
+        return self._predict((name, number), loaded, sigdefs, body)
+
+    def _status(self, name: str, version: str | None) -> dict:
+        """GetModelStatus: every served version (newest first), or the one asked for. A
+        version label is not looked at (get_model_status_impl.cc checks only a version)."""
+        store = self.stores.get(name)
+        if store is None:
+            raise RequestError(f"Could not find any versions of model {name}", 404)
+        if version is not None:
+            if int(version) not in store.versions:
+                raise RequestError(f"Could not find version {int(version)} of model {name}", 404)
+            numbers = [int(version)]
+        else:
+            numbers = sorted(store.versions, reverse=True)
         return {
             "model_version_status": [
                 {
@@ -144,13 +328,9 @@ class ServingApp:
             },
         }
 
-    def _predict(self, loaded, sigdefs, body: bytes) -> dict:
-        try:
-            request = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RequestError(f"JSON Parse error: {e}") from None
-        except RecursionError:
-            raise RequestError("JSON Parse error: nested too deeply") from None
+    def _predict(self, servable: tuple, loaded, sigdefs, body: bytes) -> dict:
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        request = parse_json(body)
         if not isinstance(request, dict):
             raise RequestError("JSON Value: request body is not an object")
         sig_name = request.get("signature_name", "serving_default")
@@ -168,18 +348,355 @@ class ServingApp:
             arrays, row = _from_inputs(request["inputs"], specs), False
         else:
             raise RequestError("Missing 'inputs' or 'instances' key")
-        for name, array in arrays.items():
-            if array.shape[0] > self.max_batch:
-                raise RequestError(
-                    f"batch of {array.shape[0]} ({name}) exceeds the maximum batch size "
-                    f"{self.max_batch}"
-                )
-        outputs = {k: v.numpy() for k, v in fn(**_to_tensors(arrays, specs)).items()}
+
+        def run(a: dict) -> dict[str, np.ndarray]:
+            return {k: v.numpy() for k, v in fn(**_to_tensors(a, specs)).items()}
+
+        if self._scheduler is None:
+            task = _Task(arrays)
+            self._pool.submit(_run_tasks, run, [task])
+        else:
+            task = self._queue(servable + (sig_name,), run).schedule(arrays)
+        outputs = task.result(deadline)
         if row:
             return {"predictions": _rows(outputs)}
         if len(outputs) == 1:
             return {"outputs": _jsonable(*outputs.items())}
         return {"outputs": {k: _jsonable(k, v) for k, v in outputs.items()}}
+
+    def _queue(self, key: tuple, run_fn) -> BatchQueue:
+        with self._lock:
+            if key not in self._queues:
+                self._queues[key] = self._scheduler.add_queue(run_fn)
+            return self._queues[key]
+
+
+def parse_json(body: bytes):
+    """The request body as RapidJSON reads it with TF Serving's flags: NaN, Infinity and
+    Inf (either sign) are numbers (kParseNanAndInfFlag); a literal beyond float64 is an
+    error, not an infinity; what follows the top-level value is ignored
+    (kParseStopWhenDoneFlag).
+
+    >>> parse_json(b'{"x": [NaN, -Inf, Infinity, 1]} trailing')
+    {'x': [nan, -inf, inf, 1]}
+    >>> parse_json(b'{"s": "Inf -NaN \\\\" Inf", "y": -NaN}')
+    {'s': 'Inf -NaN " Inf', 'y': nan}
+    """
+
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise RequestError(
+                f"JSON Parse error: Number too big to be stored in double: {text[:40]}"
+            )
+        return value
+
+    def integer(text: str) -> int | float:
+        value = int(text)
+        if abs(value) > 2**64:  # beyond int64/uint64: RapidJSON reads a double
+            return number(text)
+        return value
+
+    if not body.strip():
+        raise RequestError("JSON Parse error: The document is empty")
+    try:
+        text = body.decode("utf-8")
+        if "Inf" in text or "-NaN" in text:
+            text = _NON_FINITE.sub(_python_token, text)
+        text = text.lstrip()
+        decoder = json.JSONDecoder(parse_float=number, parse_int=integer)
+        return decoder.raw_decode(text)[0]
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(f"JSON Parse error: {e}") from None
+    except RecursionError:
+        raise RequestError("JSON Parse error: nested too deeply") from None
+
+
+# A JSON string (kept as it is), or a non-finite token Python's json does not read. Run
+# on every body, with the string part as `"(?:[^"\\]|\\.)*"`, it grew the server by
+# ~300 MB over tests/export/test_serving_load.py's base64 image bodies; now bodies
+# without such a token skip it, and the string part is the unrolled form.
+_NON_FINITE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|-?Inf(?!inity)|-NaN')
+
+
+def _python_token(match: re.Match) -> str:
+    token = match[0]
+    if token.startswith('"'):
+        return token
+    if token == "-NaN":
+        return "NaN"
+    return token + "inity"  # Inf -> Infinity, -Inf -> -Infinity
+
+
+def batching_parameters(text: str = ""):
+    """A `BatchingParameters` message parsed from its text form (a
+    `--batching_parameters_file`), e.g. "max_batch_size { value: 8 }".
+
+    The message type is TF Serving's (`servables/tensorflow/session_bundle_config.proto`,
+    same package, field names and numbers), restricted to the fields this server
+    implements: `max_batch_size`, `batch_timeout_micros`, `max_enqueued_batches`,
+    `num_batch_threads`, `allowed_batch_sizes`, `pad_variable_length_inputs`; any
+    other field is a parse error here.
+    """
+    if "cls" not in _BATCHING:
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+        pool = descriptor_pool.DescriptorPool()
+        pool.Add(
+            descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb)
+        )
+        proto = descriptor_pb2.FileDescriptorProto(
+            name="tfcap_tests/batching_parameters.proto",
+            package="tensorflow.serving",
+            syntax="proto3",
+            dependency=["google/protobuf/wrappers.proto"],
+        )
+        message = proto.message_type.add(name="BatchingParameters")
+        field = descriptor_pb2.FieldDescriptorProto
+        for name, number in (
+            ("max_batch_size", 1),
+            ("batch_timeout_micros", 2),
+            ("max_enqueued_batches", 3),
+            ("num_batch_threads", 4),
+        ):
+            message.field.add(
+                name=name,
+                number=number,
+                type=field.TYPE_MESSAGE,
+                type_name=".google.protobuf.Int64Value",
+                label=field.LABEL_OPTIONAL,
+            )
+        message.field.add(
+            name="allowed_batch_sizes", number=6, type=field.TYPE_INT64, label=field.LABEL_REPEATED
+        )
+        message.field.add(
+            name="pad_variable_length_inputs",
+            number=7,
+            type=field.TYPE_BOOL,
+            label=field.LABEL_OPTIONAL,
+        )
+        pool.Add(proto)
+        _BATCHING["cls"] = message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
+        )
+    return text_format.Parse(text, _BATCHING["cls"]())
+
+
+_BATCHING: dict = {}
+
+
+def batch_limits(params) -> tuple[int, float, int, int]:
+    """`max_batch_size`, the timeout in seconds, the batch threads and
+    `max_enqueued_batches` of a `BatchingParameters` message (SharedBatchScheduler's
+    defaults for unset fields); raises ValueError as the real server refuses it."""
+
+    def value(field: str, default: int) -> int:
+        return getattr(params, field).value if params.HasField(field) else default
+
+    max_batch = value("max_batch_size", 1000)
+    allowed = list(params.allowed_batch_sizes)
+    if allowed and allowed[-1] != max_batch:
+        raise ValueError(
+            "Last entry in allowed_batch_sizes must match max_batch_size; last entry was "
+            f"{allowed[-1]}; expected {max_batch}"
+        )
+    threads = value("num_batch_threads", os.cpu_count() or 1)
+    if threads < 1 or max_batch < 1:
+        raise ValueError("num_batch_threads and max_batch_size must be positive")
+    timeout = value("batch_timeout_micros", 0) / 1e6
+    return max_batch, timeout, threads, value("max_enqueued_batches", 10)
+
+
+class _Task:
+    """One request's inputs; `result` waits for its outputs (or raises its error)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], batched: bool = False):
+        self.arrays = arrays
+        sizes = {a.shape[0] for a in arrays.values()}
+        if batched and len(sizes) != 1:  # ComputeTensorBatchSize
+            raise RequestError("Batching Run() input tensors must have equal 0th-dimension size")
+        self.size = max(sizes)
+        self.outputs: dict | None = None
+        self.error: Exception | None = None
+        self.done = threading.Event()
+
+    def result(self, deadline: float | None) -> dict[str, np.ndarray]:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if not self.done.wait(left):
+            raise RequestError("Deadline exceeded: no answer within --rest_api_timeout_in_ms", 504)
+        error, self.error = self.error, None
+        if error is None:
+            return self.outputs
+        try:
+            raise error
+        finally:  # no cycle task -> error -> traceback -> this frame -> task
+            error = None
+
+
+def _run_tasks(run_fn, batch: list[_Task], allowed=(), pad: bool = False) -> None:
+    """Runs `batch` as one merged call (`ProcessBatch` of batching_session.cc) and hands
+    every task its rows of the outputs, or the batch's error."""
+    try:
+        merged = _merge(batch, allowed, pad) if len(batch) > 1 or allowed else batch[0].arrays
+        outputs = {k: np.asarray(v) for k, v in run_fn(merged).items()}
+        total = next(iter(merged.values())).shape[0]
+        if any(v.shape[:1] != (total,) for v in outputs.values()):
+            raise RequestError(
+                "Batched output tensor's 0th dimension does not equal the sum of the 0th "
+                "dimension sizes of the input tensors"
+            )
+        start = 0
+        for task in batch:  # padding rows (allowed_batch_sizes) are dropped
+            task.outputs = {k: v[start : start + task.size] for k, v in outputs.items()}
+            start += task.size
+    except tf.errors.InvalidArgumentError as e:  # every task of a failed batch: its own copy
+        for task in batch:
+            task.error = RequestError(_clean_tf_message(e.message))
+    except RequestError as e:
+        for task in batch:
+            task.error = RequestError(str(e), e.status)
+    except Exception as e:  # noqa: BLE001 - a fault of the server: 500
+        for task in batch:
+            task.error = RequestError(f"{type(e).__name__}: {e}", 500)
+    for task in batch:
+        task.done.set()
+
+
+def _merge(batch: list[_Task], allowed, pad: bool) -> dict[str, np.ndarray]:
+    """`MergeInputTensors` of batching_session.cc: concatenates along dimension 0, padding
+    the other dimensions (`pad`) and the batch up to the lowest allowed size."""
+    size = sum(task.size for task in batch)
+    target = next((n for n in allowed if n >= size), size)  # RoundToLowestAllowedBatchSize
+    merged = {}
+    for name in batch[0].arrays:
+        parts = [task.arrays[name] for task in batch]
+        if pad:
+            top = np.max([p.shape for p in parts], axis=0)
+            parts = [pad_like_serving(p, top) for p in parts]
+        elif any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+            raise RequestError(
+                f"Tensors with name '{name}' from different tasks have different shapes "
+                "and padding is turned off. Set pad_variable_length_inputs to true, or "
+                "ensure that all tensors with the same name have equal dimensions starting "
+                "with the first dim."
+            )
+        parts += [parts[-1][:1]] * (target - size)  # batch padding: the last task's row 0
+        merged[name] = np.concatenate(parts)
+    return merged
+
+
+class _Batch:
+    def __init__(self):
+        self.tasks: list[_Task] = []
+        self.size = 0
+        self.opened = 0.0  # when its first task came
+
+
+class BatchQueue:
+    """One signature's queue of batches (SharedBatchScheduler's `Queue`): the last batch
+    is open, the ones before it closed. Made by `BatchScheduler.add_queue`."""
+
+    def __init__(self, scheduler: BatchScheduler, run_fn):
+        self.scheduler, self.run_fn = scheduler, run_fn
+        self.batches: collections.deque[_Batch] = collections.deque([_Batch()])
+
+    def schedule(self, arrays: dict[str, np.ndarray]) -> _Task:
+        """Enqueues a request (`Schedule` and `ValidateBatchTaskQueueCapacity`)."""
+        task = _Task(arrays, batched=True)
+        s = self.scheduler
+        if task.size > s.max_batch:
+            raise RequestError(
+                f"Task size {task.size} is larger than maximum input batch size {s.max_batch}"
+            )
+        with s.cond:
+            if self.batches[-1].size + task.size > s.max_batch:
+                if len(self.batches) >= s.max_enqueued:
+                    raise RequestError(
+                        "The batch scheduling queue to which this task was submitted is full; "
+                        f"currently {len(self.batches)} batches enqueued and "
+                        f"max_enqueued_batches is {s.max_enqueued}",
+                        503,
+                    )
+                self.batches.append(_Batch())  # closes the open batch
+            batch = self.batches[-1]
+            if not batch.tasks:
+                batch.opened = time.monotonic()
+            batch.tasks.append(task)
+            batch.size += task.size
+            s.cond.notify_all()
+        return task
+
+    def wait(self, now: float) -> float | None:
+        """Seconds until the first batch may run (0: now), None if there is none. A
+        batch may run once closed, full, or `batch_timeout_micros` after it opened."""
+        first = self.batches[0]
+        if len(self.batches) > 1 or first.size >= self.scheduler.max_batch:
+            return 0.0
+        if not first.tasks:
+            return None
+        return max(first.opened + self.scheduler.timeout - now, 0.0)
+
+    def take(self) -> list[_Task]:
+        """The first batch's tasks, leaving an open (possibly empty) batch."""
+        batch = self.batches.popleft()
+        if not self.batches:
+            self.batches.append(_Batch())
+        return batch.tasks
+
+
+class BatchScheduler:
+    """TF Serving's `--enable_batching`: a SharedBatchScheduler whose `num_batch_threads`
+    run the ready batches of every queue (module docstring, "Batching")."""
+
+    def __init__(self, params):
+        self.max_batch, self.timeout, threads, self.max_enqueued = batch_limits(params)
+        self.allowed = list(params.allowed_batch_sizes)
+        self.pad = params.pad_variable_length_inputs
+        self.cond = threading.Condition()
+        self.queues: list[BatchQueue] = []
+        for i in range(threads):
+            threading.Thread(target=self._loop, daemon=True, name=f"batch-{i}").start()
+
+    def add_queue(self, run_fn) -> BatchQueue:
+        queue = BatchQueue(self, run_fn)
+        with self.cond:
+            self.queues.append(queue)
+        return queue
+
+    def _next(self) -> tuple[BatchQueue, list[_Task]]:
+        """Waits for a batch that may run; of several, the one opened first."""
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                waits = [(q.wait(now), q) for q in self.queues]
+                waits = [(w, q) for w, q in waits if w is not None]
+                ready = [q for w, q in waits if w <= 0]
+                if ready:
+                    queue = min(ready, key=lambda q: q.batches[0].opened)
+                    return queue, queue.take()
+                self.cond.wait(min((w for w, _ in waits), default=None))
+
+    def _loop(self) -> None:
+        while True:
+            queue, batch = self._next()
+            _run_tasks(queue.run_fn, batch, self.allowed, self.pad)
+
+
+def pad_like_serving(array: np.ndarray, shape) -> np.ndarray:
+    """`AddPadding` of TF Serving's batching_util: pads every dimension but the 0th up to
+    `shape`, with the array's first element.
+
+    >>> pad_like_serving(np.array([[[5.0], [6.0]]]), (1, 3, 2)).tolist()
+    [[[5.0, 5.0], [6.0, 5.0], [5.0, 5.0]]]
+    """
+    widths = [(0, 0)] + [
+        (0, int(want) - have) for have, want in zip(array.shape[1:], shape[1:], strict=True)
+    ]
+    if not any(after for _, after in widths):
+        return array
+    if array.size == 0:
+        raise RequestError("Got empty tensor in batch of non-empty tensors.")
+    return np.pad(array, widths, constant_values=array.flat[0])
 
 
 def _from_instances(instances, specs: dict) -> dict[str, np.ndarray]:
@@ -242,16 +759,8 @@ def _to_array(name: str, value, spec: tf.TensorSpec) -> np.ndarray:
     elif dtype.is_floating:
         if any(isinstance(v, bool) or not isinstance(v, int | float) for v in flat):
             raise RequestError(f"input {name}: values must be numbers ({dtype.name})")
-        with np.errstate(over="ignore"):
-            try:
-                data = np.array(flat, dtype.as_numpy_dtype)
-            except OverflowError:  # an integer beyond float64
-                data = np.array([np.inf])
-        if not np.all(np.isfinite(data)):
-            raise RequestError(
-                f"input {name}: values must be finite {dtype.name} numbers "
-                "(got NaN, Infinity or a number beyond its range)"
-            )
+        with np.errstate(over="ignore"):  # as GetFloat(): 1e39 becomes Infinity
+            data = np.array(np.array(flat, np.float64), dtype.as_numpy_dtype)
     elif dtype.is_integer:
         if any(isinstance(v, bool) or not isinstance(v, int) for v in flat):
             raise RequestError(f"input {name}: values must be integers ({dtype.name})")
@@ -355,10 +864,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._answer(*self.app.handle("POST", self.path, self.rfile.read(length)))
 
-    def _not_allowed(self):
-        self._answer(405, {"error": f"Method not allowed: {self.command} {self.path}"})
+    def _other_method(self):  # the real server: "Malformed request" under /v1/, else 404
+        self._answer(*self.app.handle(self.command, self.path, b""))
 
-    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed  # noqa: N815
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other_method  # noqa: N815
 
     def _answer(self, status: int, payload: dict) -> None:
         body = json.dumps(payload, indent=1).encode("utf-8")
@@ -378,18 +887,28 @@ class _Server(ThreadingHTTPServer):
 
 
 def make_server(
-    base_path: str,
-    model_name: str,
+    base_path: str | None = None,
+    model_name: str = "tfcap",
     host: str = "127.0.0.1",
     port: int = 0,
-    max_batch: int = DEFAULT_MAX_BATCH,
+    *,
+    model_config_file: str | None = None,
+    batching=None,
+    timeout_ms: int = DEFAULT_TIMEOUT_MS,
 ) -> ThreadingHTTPServer:
-    """A server for `base_path` (not started); port 0 picks a free port
-    (`server.server_address[1]`)."""
-    app = ServingApp(ModelStore(base_path, model_name), max_batch)
+    """A server (not started) for `base_path` as `model_name` (newest version only), or
+    for the models of `model_config_file`; `batching` a `BatchingParameters` message
+    (`--enable_batching`); `timeout_ms` as `--rest_api_timeout_in_ms`. Port 0 picks a
+    free port (`server.server_address[1]`)."""
+    if model_config_file:  # as the real server: --model_name/--model_base_path are ignored
+        stores = load_model_config(model_config_file)
+    elif base_path:
+        stores = ModelStore(base_path, model_name)
+    else:
+        raise ValueError("Both model_base_path and model_config_file are empty!")
+    app = ServingApp(stores, batching, timeout_ms)
     handler = type("Handler", (_Handler,), {"app": app})
-    server = _Server((host, port), handler)
-    return server
+    return _Server((host, port), handler)
 
 
 def start_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
@@ -400,16 +919,35 @@ def start_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_base_path", required=True)
+    parser.add_argument("--model_base_path")
     parser.add_argument("--model_name", default="tfcap")
+    parser.add_argument("--model_config_file")
+    parser.add_argument("--enable_batching", action="store_true")
+    parser.add_argument("--batching_parameters_file")
+    parser.add_argument("--rest_api_timeout_in_ms", type=int, default=DEFAULT_TIMEOUT_MS)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8501)
-    parser.add_argument("--max_batch", type=int, default=DEFAULT_MAX_BATCH)
     args = parser.parse_args(argv)
+    batching = None
+    if args.enable_batching:
+        text = ""
+        if args.batching_parameters_file:
+            with open(args.batching_parameters_file, encoding="utf-8") as f:
+                text = f.read()
+        batching = batching_parameters(text)
+    elif args.batching_parameters_file:
+        parser.error("--batching_parameters_file is set without setting --enable_batching to true.")
     server = make_server(
-        args.model_base_path, args.model_name, args.host, args.port, args.max_batch
+        args.model_base_path,
+        args.model_name,
+        args.host,
+        args.port,
+        model_config_file=args.model_config_file,
+        batching=batching,
+        timeout_ms=args.rest_api_timeout_in_ms,
     )
-    print(f"serving {args.model_name} on http://{args.host}:{server.server_address[1]}", flush=True)
+    names = ", ".join(server.RequestHandlerClass.app.stores)
+    print(f"serving {names} on http://{args.host}:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

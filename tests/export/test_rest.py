@@ -23,12 +23,11 @@ from tfcap import errors
 bad_input = pytest.mark.bad_input("serving")
 
 pytest_plugins = ["export_fixtures"]
-MAX_BATCH = 4
 
 
 @pytest.fixture(scope="module")
 def server_url(export_base):
-    server = make_server(str(export_base), MODEL_NAME, max_batch=MAX_BATCH)
+    server = make_server(str(export_base), MODEL_NAME)
     thread = start_in_thread(server)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -63,9 +62,15 @@ def test_status_and_metadata(client, server_url):
     outputs = sigs["serving_default"]["outputs"]
     assert sorted(outputs) == ["attention", "boxes", "caption", "score", "tokens"]
     assert outputs["tokens"]["dtype"] == "DT_INT32"
-    for bad in (ServingClient(server_url, "other"), ServingClient(server_url, MODEL_NAME, 7)):
-        with pytest.raises(ServingError, match="Servable not found") as err:
+    for bad, text in (
+        (ServingClient(server_url, "other"), "Could not find any versions of model other"),
+        (ServingClient(server_url, MODEL_NAME, 7), "Could not find version 7 of model tfcap"),
+    ):  # the real server's GetModelStatus texts
+        with pytest.raises(ServingError, match=text) as err:
             bad.status()
+        assert err.value.status == 404
+        with pytest.raises(ServingError, match="Servable not found for request") as err:
+            bad.metadata()
         assert err.value.status == 404
 
 
@@ -145,10 +150,6 @@ FEATURE_REQUESTS = {  # test_batch -> (body, expected text)
         "dense",
     ),
     "missing input": (lambda b: {"inputs": {"features": [[[0.0] * 16]]}}, "Missing named input"),
-    "batch over the limit": (
-        lambda b: {"instances": _features_rows(b) * (MAX_BATCH + 1)},
-        "exceeds the maximum batch size",
-    ),
     "num_regions over the regions given": (
         lambda b: {"instances": [{**_features_rows(b)[0], "num_regions": 10}]},
         "num_regions exceeds the regions given",
@@ -190,7 +191,8 @@ def test_unparsable_json_and_unknown_paths(server_url):
     assert _post(server_url, b"{not json")[0] == 400
     assert _post(server_url, b"[1, 2]")[0] == 400
     for path, data, status in (
-        (f"/v1/models/{MODEL_NAME}:classify", b"{}", 404),
+        (f"/v1/models/{MODEL_NAME}:classify", b"{}", 400),  # not implemented here
+        (f"/v1/models/{MODEL_NAME}/nope", None, 400),  # under /v1/: "Malformed request"
         ("/v2/whatever", None, 404),
     ):
         request = urllib.request.Request(server_url + path, data=data)
@@ -218,7 +220,7 @@ def test_client_command_line(server_url, test_batch, tmp_path, capsys):
     assert captions[2]["input"] == "regions.npz[0]"
     assert set(captions[2]) == {"input", "caption", "score"}
     with flagsaver.flagsaver(serving_url=server_url, serving_model="nope"):
-        with pytest.raises(errors.BadInput, match="/v1/models/nope: HTTP 404: Servable not found"):
+        with pytest.raises(errors.BadInput, match="/v1/models/nope: HTTP 404: Could not find any"):
             client_lib.main(["client", "status"])  # tfcap.cli.run prints it as one line
 
 

@@ -35,7 +35,6 @@ pytest_plugins = ["export_fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.bad_input("serving")]
 
 CLIENTS = 8
-MAX_BATCH = 4  # FEATURE_REQUESTS' "batch over the limit" sends MAX_BATCH + 1 = 5 rows
 WARMUP_PER_CLIENT = 8
 ROUNDS, PER_CLIENT = 4, 25  # after the warm-up: ROUNDS x CLIENTS x PER_CLIENT requests
 GOOD_SHARE = 0.6
@@ -123,8 +122,7 @@ def server(export_base, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("load") / "server.log", "w+")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "export" / "serving_server.py"),
-         f"--model_base_path={export_base}", f"--model_name={MODEL_NAME}", "--port=0",
-         f"--max_batch={MAX_BATCH}"],
+         f"--model_base_path={export_base}", f"--model_name={MODEL_NAME}", "--port=0"],
         stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO,
     )  # fmt: skip
     try:
