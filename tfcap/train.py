@@ -133,9 +133,10 @@ _NUM_SAMPLES = flags.DEFINE_integer(
 )
 _BASELINE = flags.DEFINE_enum(
     "baseline",
-    "greedy",
+    "mean",
     ["greedy", "mean"],
-    "SCST baseline: the greedy caption's reward, or the mean of the other samples'.",
+    "SCST baseline: the greedy caption's reward, or the mean of the other samples' "
+    "(the default: 2.036 ± 0.036 vs 2.005 ± 0.042 test CIDEr, 3 seeds, README Caption quality).",
 )
 _TEMPERATURE = flags.DEFINE_float(
     "sample_temperature", 1.0, "Sampling temperature (scst, gan).", lower_bound=1e-3
@@ -145,7 +146,7 @@ _SCST_REWARD = flags.DEFINE_enum(
 )
 _CIDER_EOS = flags.DEFINE_bool(
     "cider_eos",
-    False,
+    True,
     "The CIDEr-D reward (scst, gan) counts <eos> as a word, in the samples and in the train "
     "document frequencies, so captions cut short ('... next to a') lose the end n-grams.",
 )
