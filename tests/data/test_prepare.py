@@ -124,7 +124,13 @@ def test_outputs_and_references_accepted_by_pycocoevalcap(shapes_dir):
 def test_dataset_json_describes_the_shards(shapes_dir):
     meta = pipeline.load_metadata(str(shapes_dir))
     train = meta["splits"]["train"]
-    assert train == {"images": 40, "captions": 200, "shards": 2, "shard_images": [20, 20]}
+    assert train == {
+        "images": 40,
+        "captions": 200,
+        "shards": 2,
+        "shard_images": [20, 20],
+        "max_captions_per_image": 5,
+    }
     files = pipeline.split_files(str(shapes_dir), "train")
     assert [pipeline.check_shards([f]) for f in files] == train["shard_images"]
     assert meta["features_dtype"] == "float32" and meta["feature_dim"] == 16
