@@ -39,8 +39,9 @@ def test_report_parity_sizes_latency_and_files(report_dir):
     sizes = {v: report["variants"][v]["models"]["step"]["bytes"] for v in report["variants"]}
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
     for name, variant in report["variants"].items():
+        # greedy decodes 3 images (the step's static batch) per call: 10 images, >= 4 calls
         assert (
-            variant["latency_ms"]["step"]["calls"] >= 10
+            variant["latency_ms"]["step"]["calls"] >= 4
             and variant["latency_ms"]["step"]["median"] > 0
         )
         for model, info in variant["models"].items():
@@ -64,13 +65,14 @@ def test_report_parity_sizes_latency_and_files(report_dir):
 def test_models_have_static_shapes_and_the_explicit_state(report_dir, model_dir):
     model, _, _ = checkpoints.load_model(str(model_dir))
     rnn, hidden, max_len = model.core.rnn_size, model.core.att_hidden, model.max_len
+    width = rnn if model.core.feature_embed else 16  # the encoder hands over embedded regions
     step = Interpreter(model_path=str(report_dir / "step_fp32.tflite")).get_signature_runner()
     inputs = {n: list(d["shape"]) for n, d in step.get_input_details().items()}
     k = 3  # the beam size: one row per beam
     assert inputs == {
         "word": [k], "h_att": [k, rnn], "c_att": [k, rnn], "h_lang": [k, rnn],
         "c_lang": [k, rnn], "history": [k, max_len, rnn], "history_keys": [k, max_len, hidden],
-        "step": [k], "regions": [k, REGIONS, 16], "keys": [k, REGIONS, hidden],
+        "step": [k], "regions": [k, REGIONS, width], "keys": [k, REGIONS, hidden],
         "mean_gates": [k, 4 * rnn], "region_mask": [k, REGIONS],
     }  # fmt: skip
     static = ("word", "step", "regions", "keys", "mean_gates", "region_mask")
