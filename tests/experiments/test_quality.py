@@ -45,3 +45,22 @@ def test_table_is_mean_and_sd_over_seeds(tmp_path):
     assert "| variant | xe | 3 | 1.200 ± 0.200 |" in "\n".join(lines)
     _, half = quality.table(str(tmp_path), "test1000")
     assert half["variant/xe"]["CIDEr"][0] == pytest.approx(0.6)
+
+
+def test_table_shows_the_gan_discriminators_val_accuracies(tmp_path):
+    for seed, wrong in ((0, 0.8), (1, 0.9), (2, 1.0)):
+        run = tmp_path / "gan" / f"seed_{seed}"
+        os.makedirs(run)
+        scores = {"test": {"CIDEr": 1.0}, "test1000": {"CIDEr": 1.0}}
+        result = {
+            "seed": seed,
+            "seconds": {},
+            "phases": {"scst": scores, "gan": scores},
+            "gan_discriminator_val": {"acc_real": 0.75, "acc_wrong": wrong, "acc_fake": 0.5},
+        }
+        (run / "result.json").write_text(json.dumps(result))
+    lines, numbers = quality.table(str(tmp_path), "test")
+    assert numbers["gan/gan"]["D_acc_wrong"][0] == pytest.approx(0.9)
+    assert numbers["gan/gan"]["D_acc_real"] == pytest.approx((0.75, 0.0))
+    assert "D_acc_wrong" not in numbers["gan/scst"]
+    assert "| D_acc_real | D_acc_wrong |" in lines[0]

@@ -21,7 +21,10 @@ demo scenes) and `test1000`:
   of human captions;
 - distinct_1, distinct_2, vocabulary, unique_captions, `novel` (share of
   captions not in the train split), `bad_endings` (share ending on a function
-  word such as "a", "of", "next to").
+  word such as "a", "of", "next to");
+- gan rows: `D_acc_real`, `D_acc_wrong`, the gan phase's own discriminator on
+  val at its last validation (human captions judged human; another image's
+  human captions judged not human).
 
 Each seed's figures go to `WORK_DIR/NAME/seed_S/result.json`; the table gives
 mean and standard deviation over the seeds of each variant and phase, and
@@ -82,6 +85,8 @@ KEYS = (
     "novel",
     "bad_endings",
 )
+# gan rows: the trained D on val, human captions judged human / other images' judged not.
+D_KEYS = ("D_acc_real", "D_acc_wrong")
 SPLITS = ("test", "test1000")
 DEMO_TEST = 250
 
@@ -328,12 +333,17 @@ def table(work_dir: str, split: str = "test") -> tuple[list[str], dict]:
                 values = [s["phases"][phase][split].get(key) for s in seeds]
                 if all(v is not None for v in values):
                     cells[key] = _mean_sd(values)
+            if phase == "gan":  # the training discriminator's own val figures (grounding)
+                for key in D_KEYS:
+                    values = [s.get("gan_discriminator_val", {}).get(key[2:]) for s in seeds]
+                    if all(v is not None for v in values):
+                        cells[key] = _mean_sd(values)
             secs = [s["seconds"].get(phase) for s in seeds]
             if all(x is not None for x in secs):
                 cells["seconds"] = _mean_sd(secs)
             numbers[f"{name}/{phase}"] = {"seeds": [s["seed"] for s in seeds], **cells}
             rows.append((name, phase, len(seeds), cells))
-    keys = [*KEYS, "seconds"]
+    keys = [*KEYS, *D_KEYS, "seconds"]
     lines = [
         "| variant | phase | seeds | " + " | ".join(keys) + " |",
         "|---|---|---|" + "---|" * len(keys),
