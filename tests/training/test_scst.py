@@ -156,8 +156,10 @@ def test_one_pass_step_equals_rescoring_step(baseline):
         return tf.cast(tf.reduce_sum(tf.cast(ids % 5, tf.float32), 1), tf.float32) / 10.0
 
     results = []
-    for rescore in (False, True):
+    # the sampler's gradient; rescoring with the kernels' gradients after the loop; plain
+    for rescore, batched in ((False, True), (True, True), (True, False)):
         model, feats, mask = _tiny_model()
+        model.batched_weight_grads = batched
         optimizer = keras.optimizers.SGD(0.5)
         optimizer.build(model.trainable_variables)
         config = scst.SCSTConfig(num_samples=3, baseline=baseline, rescore=rescore, grad_clip=0)
@@ -167,12 +169,13 @@ def test_one_pass_step_equals_rescoring_step(baseline):
         batch = {"features": feats, "region_mask": mask, "captions": tf.ones([2, 1, 4], tf.int32)}
         out = step(batch, tf.constant([3, 4], tf.int64))
         results.append((out, [v.numpy() for v in model.trainable_variables]))
-    (fast, fast_w), (slow, slow_w) = results
-    np.testing.assert_allclose(float(fast["loss"]), float(slow["loss"]), rtol=1e-5, atol=1e-7)
+    (fast, fast_w), *others = results
     assert float(fast["grad_norm"]) > 0
-    np.testing.assert_allclose(float(fast["grad_norm"]), float(slow["grad_norm"]), rtol=1e-4)
-    for a, b in zip(fast_w, slow_w, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for slow, slow_w in others:
+        np.testing.assert_allclose(float(fast["loss"]), float(slow["loss"]), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(float(fast["grad_norm"]), float(slow["grad_norm"]), rtol=1e-4)
+        for a, b in zip(fast_w, slow_w, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def _refs_of(words_per_image):

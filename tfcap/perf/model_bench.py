@@ -40,7 +40,8 @@ class Variant:
     sampling_ops: bool = False  # run the scheduled-sampling loop (at a negligible rate)
     jit_compile: bool = False
     rescore: bool = False  # SCST: score the samples again by teacher forcing
-    batched_weight_grads: bool = True  # XE: recurrent kernels' gradients after the loop
+    batched_weight_grads: bool = True  # recurrent kernels' gradients after the loop
+    baseline: str = "greedy"  # SCST: the reference's self-critical (greedy) baseline
 
 
 BEFORE = Variant("before", hoist_mean_gates=False, logits_after_loop=False, sampling_ops=True)
@@ -54,10 +55,25 @@ XE_VARIANTS = (
     Variant("XLA (jit_compile), float32", jit_compile=True),
 )
 SCST_VARIANTS = (
-    Variant("before", hoist_mean_gates=False, logits_after_loop=False, rescore=True),
-    Variant("+ mean gate term once, vocabulary projection after the loop", rescore=True),
-    Variant("+ gradient through the sampling loop (float32 default)"),
-    Variant("+ mixed precision (bfloat16)", dtype="mixed_bfloat16"),
+    Variant(
+        "before",
+        hoist_mean_gates=False,
+        logits_after_loop=False,
+        rescore=True,
+        batched_weight_grads=False,
+    ),
+    Variant(
+        "+ mean gate term once, vocabulary projection after the loop",
+        rescore=True,
+        batched_weight_grads=False,
+    ),
+    Variant("+ gradient through the sampling loop"),
+    Variant(
+        "rescoring by teacher forcing, recurrent weight gradients batched (float32 default)",
+        rescore=True,
+    ),
+    Variant("+ mixed precision (bfloat16)", dtype="mixed_bfloat16", rescore=True),
+    Variant("+ mean-of-samples baseline (no greedy pass)", rescore=True, baseline="mean"),
 )
 DECODE_VARIANTS = (
     Variant("float32 default"),
@@ -128,7 +144,7 @@ def bench_xe(preset: str, batch_size: int, repeats: int, variant: Variant) -> di
 
 
 def bench_scst(preset: str, batch_size: int, repeats: int, variant: Variant) -> dict:
-    """Seconds per SCST step (5 samples/image, greedy baseline, CIDEr-D, update)."""
+    """Seconds per SCST step (5 samples/image, the variant's baseline, CIDEr-D, update)."""
     import tensorflow as tf
 
     from tfcap.rewards import cider
@@ -142,7 +158,7 @@ def bench_scst(preset: str, batch_size: int, repeats: int, variant: Variant) -> 
     )
     reward = scst.evaluator_reward(scst.cider_reward(scorer))
     model, optimizer = _model(preset, variant, sizes["vocab_size"], sizes["feature_dim"])
-    config = scst.SCSTConfig(rescore=variant.rescore)
+    config = scst.SCSTConfig(baseline=variant.baseline, rescore=variant.rescore)
     step = scst.make_policy_step(tf.distribute.get_strategy(), model, optimizer, reward, config)
     seed = tf.constant([0, 0], tf.int64)
     return _timed(variant, lambda: step(batch, seed)["loss"].numpy(), repeats)
@@ -176,7 +192,7 @@ VARIANTS = {"xe": XE_VARIANTS, "scst": SCST_VARIANTS, "decode": DECODE_VARIANTS}
 # With --novariants: the float32 and bfloat16 defaults only.
 DEFAULTS = {
     "xe": (DEFAULT, XE_VARIANTS[5]),
-    "scst": SCST_VARIANTS[2:],
+    "scst": SCST_VARIANTS[3:5],
     "decode": DECODE_VARIANTS[:2],
 }
 

@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from tfcap.data import vocab
 from tfcap.model.captioner import Captioner
+from tfcap.model.grad_taps import GradTaps
 from tfcap.rewards import bleu, cider
 from tfcap.training.updates import apply_if_finite, reduce_gradients
 
@@ -167,7 +168,16 @@ def sampled_policy_loss(samples, advantages, tokens):
     return loss, entropy
 
 
-def policy_loss(model: Captioner, features, region_mask, ids, advantages, tokens, temperature=1.0):
+def policy_loss(
+    model: Captioner,
+    features,
+    region_mask,
+    ids,
+    advantages,
+    tokens,
+    temperature=1.0,
+    taps: GradTaps | None = None,
+):
     """-sum(advantage * log p(token)) / tokens, and the policy's mean entropy, where
     p = softmax(logits / temperature) is the distribution the samples were drawn from.
 
@@ -176,9 +186,11 @@ def policy_loss(model: Captioner, features, region_mask, ids, advantages, tokens
         advantages: float32 `[rows]`, treated as constants.
         tokens: float32 scalar, the global number of generated tokens.
         temperature: the sampling temperature.
+        taps: optional `GradTaps` of the teacher-forced pass (`tfcap.model.grad_taps`).
     """
     bos = tf.fill([tf.shape(ids)[0], 1], vocab.BOS_ID)
-    logits, _ = model.teacher_forcing(features, region_mask, tf.concat([bos, ids], 1))
+    captions = tf.concat([bos, ids], 1)
+    logits, _ = model.teacher_forcing(features, region_mask, captions, taps=taps)
     log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32) / temperature)  # [rows, len, vocab]
     token_lp = tf.gather(log_probs, ids, batch_dims=2)  # [rows, max_len]
     mask = generated_mask(ids)
@@ -218,6 +230,8 @@ def make_policy_step(
     """
     k = config.num_samples
     rescore = config.rescore
+    # The teacher-forced rescoring takes the recurrent kernels' gradients after its loop.
+    tapped = rescore and model.batched_weight_grads and model.logits_after_loop
 
     def replica_step(batch, seed):
         ctx = tf.distribute.get_replica_context()
@@ -228,6 +242,7 @@ def make_policy_step(
             greedy_ids = model.generate(feats, mask, method="greedy")[0]
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
+            taps = GradTaps(tape) if tapped else None
             # Recorded only when its log-probabilities are the ones differentiated.
             with tape.stop_recording() if rescore else contextlib.nullcontext():
                 samples = model.generate(
@@ -248,13 +263,14 @@ def make_policy_step(
             tokens = tf.maximum(ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_tokens), 1.0)
             if rescore:
                 loss, entropy = policy_loss(
-                    model, feats, mask, ids, advantages, tokens, config.temperature
+                    model, feats, mask, ids, advantages, tokens, config.temperature, taps
                 )
             else:
                 loss, entropy = sampled_policy_loss(samples, advantages, tokens)
             if loss_multiplier is not None:
                 loss = loss * loss_multiplier
-        grads, norm, finite = reduce_gradients(tape.gradient(loss, variables), loss)
+        grads = taps.gradients(loss, variables) if tapped else tape.gradient(loss, variables)
+        grads, norm, finite = reduce_gradients(grads, loss)
         rows = tf.cast(tf.shape(ids)[0], tf.float32)
         return (
             grads,
