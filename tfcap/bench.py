@@ -12,8 +12,9 @@ Benchmarks (`--only`, default all, in this order):
           --batch_size images x 5 captions of 16 words, random data, per
           speed variant (tfcap.perf.model_bench); model FLOPs per step and
           the fraction of the measured matmul peak they reach.
-  scst    one SCST step (5 samples per image, greedy baseline, CIDEr-D reward,
-          update), same batch, per variant.
+  scst    one SCST step (5 samples per image, CIDEr-D reward, update), same
+          batch, per variant: greedy baseline (the reference's), and a last
+          row with the mean-of-samples baseline (tfcap.train's default).
   decode  greedy, beam-3 and beam-5 decoding, ms per image at batch --batch_size.
   input   tf.data records/s of the training input (parse, decode, pad, shuffle,
           batch), on --data_dir or on random records it writes itself at the

@@ -67,13 +67,10 @@ SCST_VARIANTS = (
         rescore=True,
         batched_weight_grads=False,
     ),
-    Variant("+ gradient through the sampling loop"),
-    Variant(
-        "rescoring by teacher forcing, recurrent weight gradients batched (float32 default)",
-        rescore=True,
-    ),
-    Variant("+ mixed precision (bfloat16)", dtype="mixed_bfloat16", rescore=True),
-    Variant("+ mean-of-samples baseline (no greedy pass)", rescore=True, baseline="mean"),
+    Variant("+ recurrent weight gradients batched over steps", rescore=True),
+    Variant("gradient through the sampling loop instead (float32 default)"),
+    Variant("+ mixed precision (bfloat16)", dtype="mixed_bfloat16"),
+    Variant("+ mean-of-samples baseline (no greedy pass; tfcap.train's default)", baseline="mean"),
 )
 DECODE_VARIANTS = (
     Variant("float32 default"),
