@@ -18,6 +18,7 @@ def test_run_all_benchmarks_demo(shapes_dir):
         repeats=1,
         variants=True,
         data_dir=str(shapes_dir),
+        isolate=False,  # one process (faster); test_cli_writes_json_and_table isolates
     )
     res = out["results"]
     assert set(res) == set(bench.DEFAULT_BENCHMARKS)
