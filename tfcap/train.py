@@ -38,6 +38,12 @@ _FEATURE_EMBED = flags.DEFINE_bool(
     "Override the preset: embed regions and their mean (Dense + ReLU + dropout into the "
     "rnn width) before the LSTMs.",
 )
+_WORD_RELU = flags.DEFINE_bool(
+    "word_relu",
+    None,
+    "Override the preset: ReLU on the word embeddings (before their dropout), as the "
+    "reference Up-Down implementation embeds words.",
+)
 _STRATEGY = flags.DEFINE_enum(
     "strategy", "default", list(distribute.STRATEGIES), "tf.distribute strategy."
 )
@@ -245,6 +251,8 @@ def _build_model(trainer_meta):
         overrides["dropout"] = _DROPOUT.value
     if _FEATURE_EMBED.value is not None:
         overrides["feature_embed"] = _FEATURE_EMBED.value
+    if _WORD_RELU.value is not None:
+        overrides["word_relu"] = _WORD_RELU.value
     if _MIXED_PRECISION.value:
         overrides["dtype"] = "mixed_bfloat16"
     model = Captioner.from_preset(_PRESET.value, trainer_meta["vocab_size"], **overrides)

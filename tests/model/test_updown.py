@@ -117,3 +117,22 @@ def test_mixed_precision_step():
     logits, weights = outputs[-1]
     assert logits.dtype == tf.float32 and np.all(np.isfinite(logits.numpy()))
     assert state["h_lang"].dtype == tf.float16 and weights.numpy()[0, 3] == 0.0
+
+
+def test_word_relu_zeroes_negative_embedding_components():
+    """With word_relu a word whose embedding is all negative acts as a zero vector;
+    without it the same embedding changes the step."""
+    outputs = {}
+    for relu in (False, True):
+        core = UpDownCore(**SIZES, word_relu=relu, name="core")
+        static = core.precompute(_features(), MASK)
+        table = core.embedding.embeddings.numpy()
+        table[5] = -np.abs(table[5]) - 0.5  # word 5: every component negative
+        core.embedding.embeddings.assign(table)
+        state = core.initial_state(2)
+        by_id, _ = core.advance(tf.constant([5, 5]), state, static)
+        zero, _ = core.advance(None, state, static, word_vectors=tf.zeros([2, 5]))
+        outputs[relu] = (by_id["h_lang"].numpy(), zero["h_lang"].numpy())
+        assert UpDownCore.from_config(core.get_config()).word_relu is relu
+    np.testing.assert_allclose(*outputs[True], rtol=1e-6, atol=1e-7)
+    assert np.abs(outputs[False][0] - outputs[False][1]).max() > 1e-4

@@ -32,7 +32,7 @@ class Captioner(keras.Model):
 
     Args:
         vocab_size, rnn_size, embed_dim, att_hidden, dropout, text_attention,
-        max_len, feature_embed: as in `tfcap.model.updown.UpDownCore`.
+        max_len, feature_embed, word_relu: as in `tfcap.model.updown.UpDownCore`.
 
     Call arguments:
         inputs: dict with `features` float `[batch, regions, dim]`, optional
@@ -65,6 +65,7 @@ class Captioner(keras.Model):
         text_attention=False,
         max_len=16,
         feature_embed=False,
+        word_relu=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -85,6 +86,7 @@ class Captioner(keras.Model):
             text_attention=text_attention,
             max_len=max_len,
             feature_embed=feature_embed,
+            word_relu=word_relu,
             dtype=self.dtype_policy,
             name="core",
         )
@@ -331,6 +333,7 @@ class Captioner(keras.Model):
             "text_attention": core.text_attention,
             "max_len": self.max_len,
             "feature_embed": core.feature_embed,
+            "word_relu": core.word_relu,
         }
 
 

@@ -137,6 +137,8 @@ class UpDownCore(keras.layers.Layer):
         feature_embed: bool. Embed the regions and, separately, their mean into
             `rnn_size` (Dense + ReLU + dropout, once per image) before the LSTMs
             and the attention use them; False feeds the raw features.
+        word_relu: bool. ReLU on the word embeddings before their dropout (as
+            the reference implementation embeds words).
 
     >>> core = UpDownCore(vocab_size=7, rnn_size=4, embed_dim=3, att_hidden=2)
     >>> static = core.precompute(tf.zeros([2, 5, 6]), tf.ones([2, 5], tf.bool))
@@ -157,10 +159,12 @@ class UpDownCore(keras.layers.Layer):
         max_len=16,
         suppressed_ids=(PAD_ID, BOS_ID),
         feature_embed=False,
+        word_relu=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.feature_embed = feature_embed
+        self.word_relu = word_relu
         self.vocab_size = vocab_size
         self.rnn_size = rnn_size
         self.embed_dim = embed_dim
@@ -281,6 +285,8 @@ class UpDownCore(keras.layers.Layer):
         """
         if word_vectors is None:
             word_vectors = self.embedding(word_ids)
+        if self.word_relu:
+            word_vectors = tf.nn.relu(word_vectors)
         words = self.embed_dropout(word_vectors, training=training)  # [batch, embed]
         mean_gates = static.get("mean_gates")
         if mean_gates is None:
@@ -371,6 +377,7 @@ class UpDownCore(keras.layers.Layer):
             "max_len": self.max_len,
             "suppressed_ids": list(self.suppressed_ids),
             "feature_embed": self.feature_embed,
+            "word_relu": self.word_relu,
         }
 
 
