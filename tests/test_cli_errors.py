@@ -49,6 +49,19 @@ CASES = [
     ),
     pytest.param(
         "tfcap.train",
+        [
+            "--data_dir={data}",
+            "--model_dir={tmp}/run",
+            "--gan_reward_scale=spread",
+            "--baseline=greedy",
+        ],
+        "--gan_reward_scale=spread needs --baseline=mean",
+        2,
+        marks=bad_input("training input"),
+        id="train-spread-reward-with-greedy-baseline",
+    ),
+    pytest.param(
+        "tfcap.train",
         ["--data_dir={data}"],
         "--model_dir is required",
         2,

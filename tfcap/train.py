@@ -183,6 +183,13 @@ _GAN_ALPHA = flags.DEFINE_float(
     lower_bound=0,
     upper_bound=1,
 )
+_GAN_REWARD_SCALE = flags.DEFINE_enum(
+    "gan_reward_scale",
+    "none",
+    ["none", "spread"],
+    "spread: divide d and e by their within-image spread over the batch's samples before "
+    "mixing them (terms on one scale; needs --baseline=mean); none: the raw terms.",
+)
 _GAN_EVALUATOR = flags.DEFINE_enum(
     "gan_evaluator", "cider", ["cider", "bleu"], "Evaluator e of the gan reward."
 )
@@ -333,6 +340,7 @@ def _configs():
             gan.GanConfig(
                 alpha=_GAN_ALPHA.value,
                 evaluator=_GAN_EVALUATOR.value,
+                reward_scale=_GAN_REWARD_SCALE.value,
                 d_encoder=_D_ENCODER.value,
                 d_hidden=_D_HIDDEN.value,
                 d_learning_rate=_D_LR.value,
@@ -406,6 +414,11 @@ def main(argv):
             raise app.UsageError(f"--{holder.name} is required")
     if _BASELINE.value == "mean" and _NUM_SAMPLES.value < 2:
         raise app.UsageError("--baseline=mean needs --num_samples >= 2 (the other samples' mean)")
+    if _GAN_REWARD_SCALE.value == "spread" and _BASELINE.value != "mean":
+        raise app.UsageError(
+            "--gan_reward_scale=spread needs --baseline=mean (the greedy baseline's single "
+            "caption per image has no spread to scale by)"
+        )
     strategy = distribute.make_strategy(_STRATEGY.value, _NUM_DEVICES.value)  # before any TF op
     import keras
     import tensorflow as tf

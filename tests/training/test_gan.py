@@ -88,3 +88,34 @@ def test_gan_step_runs_d_steps_discriminator_updates_then_the_generator():
     out = step(None, 3)
     assert calls == [("d", 6), ("d", 7), ("g", (9, 3))]
     assert out["skipped"] == 1.0 and out["d_loss"] == 0.5 and out["lr"] == 0.1
+
+
+def test_spread_scaled_reward_puts_both_terms_on_one_scale(parts):
+    """scale="spread": r = alpha * d / spread(d) + (1 - alpha) * e / spread(e), with
+    spread the root mean square deviation from each image's mean."""
+    batch, model, d = parts
+    ids = model.generate(batch["features"], batch["region_mask"], "sample", num_samples=K, seed=1)
+    ids = ids.ids
+
+    def evaluator(sample_ids, index, refs, replica=0):  # spread 50 within each image
+        return (100.0 * (np.arange(len(sample_ids)) % K) + 10.0 * index).astype(np.float32)
+
+    alpha = 0.3
+    got = gan.gan_reward(d, evaluator, alpha, scale="spread")(batch, ids, K).numpy()
+    p = tf.sigmoid(d.score(batch["features"], batch["region_mask"], ids)).numpy()
+    e = evaluator(ids.numpy(), np.repeat(np.arange(4), K), None)
+
+    def rms_dev(x):
+        x = x.reshape(-1, K)
+        return max(np.sqrt(np.mean((x - x.mean(1, keepdims=True)) ** 2)), gan.SPREAD_FLOOR)
+
+    assert rms_dev(e) == pytest.approx(50.0)
+    want = alpha * p / rms_dev(p) + (1 - alpha) * e / rms_dev(e)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    # Without scaling the evaluator's units dominate: D's part is a rounding error.
+    raw = gan.gan_reward(d, evaluator, alpha)(batch, ids, K).numpy()
+    np.testing.assert_allclose(raw, alpha * p + (1 - alpha) * e, rtol=1e-6)
+    with pytest.raises(ValueError, match="2 samples per image"):
+        gan.gan_reward(d, evaluator, alpha, scale="spread")(batch, ids[::K], 1)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        gan.gan_reward(d, evaluator, alpha, scale="rank")

@@ -32,6 +32,7 @@ DISCRIMINATOR_JSON = "discriminator.json"
 class GanConfig:
     alpha: float = 0.7
     evaluator: str = "cider"
+    reward_scale: str = "none"  # or "spread" (gan_reward)
     d_encoder: str = "lstm"
     d_hidden: int = 256
     d_learning_rate: float = 1e-3
@@ -75,13 +76,45 @@ def load_discriminator(model_dir: str, which: str = "latest") -> Discriminator:
     return d
 
 
-def gan_reward(d: Discriminator, evaluator: scst.RewardFn, alpha: float) -> scst.RewardGraphFn:
-    """r = alpha * d + (1 - alpha) * e for `ids` of the batch's images."""
+REWARD_SCALES = ("none", "spread")
+SPREAD_FLOOR = 1e-3
+
+
+def spread(x: tf.Tensor, per_image: int) -> tf.Tensor:
+    """The within-image spread of a reward term: the root mean square, over the batch,
+    of each sample's difference from its image's mean (float32 scalar), at least
+    `SPREAD_FLOOR` (a term that does not vary is amplified at most 1,000 times).
+
+    >>> float(spread(tf.constant([1.0, 3.0, 10.0, 10.0]), 2))
+    0.7071067690849304
+    """
+    if per_image < 2:
+        raise ValueError("a reward term's spread needs at least 2 samples per image")
+    x = tf.reshape(tf.cast(x, tf.float32), [-1, per_image])
+    centred = x - tf.reduce_mean(x, axis=1, keepdims=True)
+    return tf.maximum(tf.sqrt(tf.reduce_mean(tf.square(centred))), SPREAD_FLOOR)
+
+
+def gan_reward(
+    d: Discriminator, evaluator: scst.RewardFn, alpha: float, scale: str = "none"
+) -> scst.RewardGraphFn:
+    """r = alpha * d + (1 - alpha) * e for `ids` of the batch's images.
+
+    `scale="spread"` puts both terms on the same scale first: each is divided by
+    its within-image spread in this batch (`spread`), so alpha weighs how far each
+    term moves the policy rather than the terms' units (CIDEr-D spreads over about
+    one unit between samples of an image, D's p(human) over a few hundredths once
+    D is trained). It needs several samples per image (the mean baseline).
+    """
+    if scale not in REWARD_SCALES:
+        raise ValueError(f"scale must be one of {REWARD_SCALES}, got {scale!r}")
     evaluate = scst.evaluator_reward(evaluator)
 
     def reward(batch, ids, per_image):
         e = evaluate(batch, ids, per_image)
         p = dstep.human_probability(d, batch["features"], batch["region_mask"], ids, per_image)
+        if scale == "spread":
+            e, p = e / spread(e, per_image), p / spread(p, per_image)
         return alpha * p + (1.0 - alpha) * e
 
     return reward

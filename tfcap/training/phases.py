@@ -159,7 +159,7 @@ def gan_phases(
     sample = gan.make_fake_sampler(strategy, model, ctx.seq_per_img, policy.temperature)
     d_train = gan.make_d_train(sample, d_update, ctx.seed + 2)
     evaluator = scst.evaluator(cfg.evaluator, lambda: train_cider(ctx))
-    reward = gan.gan_reward(d, evaluator, cfg.alpha)
+    reward = gan.gan_reward(d, evaluator, cfg.alpha, cfg.reward_scale)
     update = scst.make_policy_step(strategy, model, g_opt, reward, policy, loss_multiplier)
     step_fn = gan.make_gan_step(
         d_train, update, cfg.d_steps, ctx.seed + 3, lambda: current_lr(g_opt)
