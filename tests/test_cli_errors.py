@@ -54,6 +54,7 @@ CASES = [
             "--model_dir={tmp}/run",
             "--gan_reward_scale=spread",
             "--baseline=greedy",
+            "--phases=xe,scst,gan",
         ],
         "--gan_reward_scale=spread needs --baseline=mean",
         2,

@@ -414,7 +414,7 @@ def main(argv):
             raise app.UsageError(f"--{holder.name} is required")
     if _BASELINE.value == "mean" and _NUM_SAMPLES.value < 2:
         raise app.UsageError("--baseline=mean needs --num_samples >= 2 (the other samples' mean)")
-    if _GAN_REWARD_SCALE.value == "spread" and _BASELINE.value != "mean":
+    if _GAN_REWARD_SCALE.value == "spread" and _BASELINE.value != "mean" and "gan" in _PHASES.value:
         raise app.UsageError(
             "--gan_reward_scale=spread needs --baseline=mean (the greedy baseline's single "
             "caption per image has no spread to scale by)"
