@@ -91,6 +91,11 @@ class Captioner(keras.Model):
             name="core",
         )
 
+    @property
+    def takes_grad_taps(self) -> bool:
+        """Teacher forcing (at sample_prob 0) can batch the recurrent kernels' gradients."""
+        return self.batched_weight_grads and self.logits_after_loop
+
     @classmethod
     def from_preset(cls, name: str, vocab_size: int, **overrides) -> "Captioner":
         """`Captioner` with the sizes of `PRESETS[name]`, updated by `overrides`."""

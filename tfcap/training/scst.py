@@ -234,7 +234,7 @@ def make_policy_step(
     k = config.num_samples
     rescore = config.rescore
     # The teacher-forced rescoring takes the recurrent kernels' gradients after its loop.
-    tapped = rescore and model.batched_weight_grads and model.logits_after_loop
+    tapped = rescore and model.takes_grad_taps
 
     def replica_step(batch, seed):
         ctx = tf.distribute.get_replica_context()

@@ -64,7 +64,7 @@ def make_xe_step(
         )
         replica_seed = tf.random.experimental.stateless_fold_in(seed, ctx.replica_id_in_sync_group)
         variables = model.trainable_variables
-        tapped = not scheduled and model.batched_weight_grads and model.logits_after_loop
+        tapped = not scheduled and model.takes_grad_taps
         with tf.GradientTape() as tape:
             taps = GradTaps(tape) if tapped else None
             logits, _ = model.teacher_forcing(
