@@ -44,6 +44,14 @@ _WORD_RELU = flags.DEFINE_bool(
     "Override the preset: ReLU on the word embeddings (before their dropout), as the "
     "reference Up-Down implementation embeds words.",
 )
+_WEIGHT_INIT = flags.DEFINE_enum(
+    "weight_init",
+    None,
+    ["keras", "torch"],
+    "Override the preset's weight initialisation: keras (Glorot kernels, zero biases, "
+    "embeddings uniform +-0.05) or torch (PyTorch's layer defaults, as the reference "
+    "implementation starts: embeddings N(0, 1), kernels and biases uniform +-1/sqrt(fan_in)).",
+)
 _STRATEGY = flags.DEFINE_enum(
     "strategy", "default", list(distribute.STRATEGIES), "tf.distribute strategy."
 )
@@ -267,6 +275,8 @@ def _build_model(trainer_meta):
         overrides["feature_embed"] = _FEATURE_EMBED.value
     if _WORD_RELU.value is not None:
         overrides["word_relu"] = _WORD_RELU.value
+    if _WEIGHT_INIT.value is not None:
+        overrides["weight_init"] = _WEIGHT_INIT.value
     if _MIXED_PRECISION.value:
         overrides["dtype"] = "mixed_bfloat16"
     model = Captioner.from_preset(_PRESET.value, trainer_meta["vocab_size"], **overrides)

@@ -136,3 +136,35 @@ def test_word_relu_zeroes_negative_embedding_components():
         assert UpDownCore.from_config(core.get_config()).word_relu is relu
     np.testing.assert_allclose(*outputs[True], rtol=1e-6, atol=1e-7)
     assert np.abs(outputs[False][0] - outputs[False][1]).max() > 1e-4
+
+
+def test_weight_init_torch_draws_pytorch_layer_defaults():
+    """weight_init=torch: embeddings N(0, 1), LSTM weights within +-1/sqrt(units), other
+    Dense kernels and biases within +-1/sqrt(fan_in) and filling that range; keras keeps
+    Keras' defaults (embeddings within +-0.05, zero biases)."""
+    sizes = {**SIZES, "vocab_size": 400, "rnn_size": 64, "embed_dim": 50, "att_hidden": 32}
+    tf.random.set_seed(3)
+    cores = {}
+    for init in ("keras", "torch"):
+        core = UpDownCore(**sizes, feature_embed=True, weight_init=init, name="core")
+        core.build((None, None, 30))
+        cores[init] = core
+        assert UpDownCore.from_config(core.get_config()).weight_init == init
+    keras_core, torch_core = cores["keras"], cores["torch"]
+    assert np.abs(keras_core.embedding.embeddings.numpy()).max() <= 0.05
+    assert not keras_core.logits.bias.numpy().any()
+    emb = torch_core.embedding.embeddings.numpy()
+    assert abs(emb.std() - 1.0) < 0.05 and abs(emb.mean()) < 0.05
+    for cell in (torch_core.att_lstm, torch_core.lang_lstm):
+        limit = 1.0 / np.sqrt(cell.units)
+        weights = [cell.gates.kernel, cell.gates.bias]
+        weights += [cell.static_gates.kernel] if cell.static_input else []
+        for weight in weights:
+            values = np.abs(weight.numpy())
+            assert limit * 0.9 < values.max() <= limit, weight.path
+    for dense, fan_in in ((torch_core.logits, 64), (torch_core.region_embed, 30)):
+        limit = 1.0 / np.sqrt(fan_in)
+        for weight in (dense.kernel, dense.bias):
+            assert limit * 0.9 < np.abs(weight.numpy()).max() <= limit, weight.path
+    with pytest.raises(ValueError, match="weight_init"):
+        UpDownCore(**sizes, weight_init="xavier")

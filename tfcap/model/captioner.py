@@ -32,7 +32,7 @@ class Captioner(keras.Model):
 
     Args:
         vocab_size, rnn_size, embed_dim, att_hidden, dropout, text_attention,
-        max_len, feature_embed, word_relu: as in `tfcap.model.updown.UpDownCore`.
+        max_len, feature_embed, word_relu, weight_init: as in `tfcap.model.updown.UpDownCore`.
 
     Call arguments:
         inputs: dict with `features` float `[batch, regions, dim]`, optional
@@ -66,6 +66,7 @@ class Captioner(keras.Model):
         max_len=16,
         feature_embed=False,
         word_relu=False,
+        weight_init="keras",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -87,6 +88,7 @@ class Captioner(keras.Model):
             max_len=max_len,
             feature_embed=feature_embed,
             word_relu=word_relu,
+            weight_init=weight_init,
             dtype=self.dtype_policy,
             name="core",
         )
@@ -339,6 +341,7 @@ class Captioner(keras.Model):
             "max_len": self.max_len,
             "feature_embed": core.feature_embed,
             "word_relu": core.word_relu,
+            "weight_init": core.weight_init,
         }
 
 

@@ -38,6 +38,8 @@ import tensorflow as tf
 from tfcap.data.vocab import BOS_ID, PAD_ID
 from tfcap.model.attention import RegionAttention
 
+WEIGHT_INITS = ("keras", "torch")
+
 
 @keras.saving.register_keras_serializable(package="tfcap")
 class LSTMCell(keras.layers.Layer):
@@ -139,6 +141,12 @@ class UpDownCore(keras.layers.Layer):
             and the attention use them; False feeds the raw features.
         word_relu: bool. ReLU on the word embeddings before their dropout (as
             the reference implementation embeds words).
+        weight_init: str. `keras`: Keras' defaults (Glorot-uniform kernels, zero
+            biases, embeddings uniform in +-0.05). `torch`: PyTorch's defaults for
+            the same layers, as the reference implementation initialises them:
+            embeddings N(0, 1); LSTM kernels and biases uniform in +-1/sqrt(units);
+            other kernels and biases uniform in +-1/sqrt(fan_in). Drawn once, when
+            the layer is built (checkpoints then overwrite them).
 
     >>> core = UpDownCore(vocab_size=7, rnn_size=4, embed_dim=3, att_hidden=2)
     >>> static = core.precompute(tf.zeros([2, 5, 6]), tf.ones([2, 5], tf.bool))
@@ -160,11 +168,15 @@ class UpDownCore(keras.layers.Layer):
         suppressed_ids=(PAD_ID, BOS_ID),
         feature_embed=False,
         word_relu=False,
+        weight_init="keras",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
         self.feature_embed = feature_embed
         self.word_relu = word_relu
+        self.weight_init = weight_init
         self.vocab_size = vocab_size
         self.rnn_size = rnn_size
         self.embed_dim = embed_dim
@@ -212,6 +224,24 @@ class UpDownCore(keras.layers.Layer):
             lang_inputs += rnn
         self.lang_lstm.build((None, lang_inputs))
         self.logits.build((None, rnn))
+        if self.weight_init == "torch":
+            self._torch_init()
+
+    def _torch_init(self):
+        """Redraws every weight as PyTorch initialises the same layers (`weight_init`)."""
+        emb = self.embedding.embeddings
+        emb.assign(tf.random.normal(emb.shape, dtype=emb.dtype))
+        lstm_denses = set()
+        for cell in (self.att_lstm, self.lang_lstm):
+            # torch.nn.LSTMCell: every weight and bias uniform in +-1/sqrt(hidden_size)
+            denses = [cell.gates] + ([cell.static_gates] if cell.static_input else [])
+            lstm_denses.update(id(d) for d in denses)
+            for dense in denses:
+                _uniform_init(dense, 1.0 / np.sqrt(cell.units))
+        for layer in self._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.Dense) and id(layer) not in lstm_denses:
+                # torch.nn.Linear: kernel and bias uniform in +-1/sqrt(fan_in)
+                _uniform_init(layer, 1.0 / np.sqrt(layer.kernel.shape[0]))
 
     def precompute(self, features, region_mask=None, training=False):
         """Static parts for `step`, from features `[batch, regions, dim]`.
@@ -378,7 +408,13 @@ class UpDownCore(keras.layers.Layer):
             "suppressed_ids": list(self.suppressed_ids),
             "feature_embed": self.feature_embed,
             "word_relu": self.word_relu,
+            "weight_init": self.weight_init,
         }
+
+
+def _uniform_init(dense, limit):
+    for weight in (dense.kernel, dense.bias) if dense.use_bias else (dense.kernel,):
+        weight.assign(tf.random.uniform(weight.shape, -limit, limit, dtype=weight.dtype))
 
 
 _LSTM_KEYS = ("h_att", "c_att", "h_lang", "c_lang")
