@@ -169,3 +169,56 @@ def test_reference_json_mistakes_are_named(tmp_path, text, preset, batch, match)
     assert str(path) in str(err.value)
     with pytest.raises(bench.errors.MissingInput, match="--reference_json.*no such file"):
         bench.load_reference(str(tmp_path / "absent.json"), "updown", 10, "cpu")
+
+
+def _demo_reference_line(drop=(), **overrides) -> str:
+    """A line in the format of scripts/reference_demo_phase.py's output, without `drop`."""
+    line = {
+        "bench": "self-critical.pytorch UpDown, demo XE phase (CPU)",
+        "torch": "2.13.0+cpu",
+        "threads": 2,
+        "cpu": bench.machine()["cpu"],
+        "steps": 1251,
+        "batch_images": 20,
+        "seconds": 625.5,
+        "loop_seconds": 600.0,
+        "demo_xe_phase_images_per_s": 40.0,
+        "loop_images_per_s": 41.7,
+    }
+    return json.dumps({k: v for k, v in {**line, **overrides}.items() if k not in drop})
+
+
+def test_demo_reference_json_gives_the_phase_ratio(tmp_path):
+    path = tmp_path / "reference_demo.json"
+    path.write_text("iter 100 (epoch 0) ...\n" + _demo_reference_line() + "\n")
+    ref = bench.load_reference(str(path), "demo", 10, bench.machine()["cpu"], phase_steps=1251)
+    assert ref["demo_xe_phase_images_per_s"] == 40.0 and ref["demo_xe_loop_images_per_s"] == 41.7
+    phase = {"steps": 1251, "batch_images": 20, "seconds": 417.0, "steady_images_per_s": 70.0}
+    phase["images_per_s"] = 1251 * 20 / phase["seconds"]  # 60 images/s
+    out = {"preset": "demo", "batch_images": 10, "reference": ref, "results": {"phase": phase}}
+    bench._derive(out)
+    assert phase["speedup_vs_reference"] == pytest.approx(1.5)  # tfcap / reference images/s
+    assert phase["reference_images_per_s"] == 40.0
+    text = bench.table({**out, "machine": {**bench.machine(), "tensorflow": "x"}})
+    assert "tfcap / reference 1.50x (target 1.50x)" in text
+    assert "demo_xe_phase_images_per_s 40" in text
+
+
+@pytest.mark.bad_input("benchmarks")
+@pytest.mark.parametrize(
+    "text, preset, match",
+    [
+        (_reference_line(), "demo", "no 'demo_xe_phase_images_per_s'"),
+        (_demo_reference_line(drop=["demo_xe_phase_images_per_s"]), "demo", "no 'demo_xe_phase"),
+        (_demo_reference_line(cpu="Some Other CPU"), "demo", "measured on 'Some Other CPU'"),
+        (_demo_reference_line(batch_images=10), "demo", "10 images per step.* demo's is 20"),
+        (_demo_reference_line(steps=20), "demo", "20 steps; run with --phase_steps=20"),
+        (_demo_reference_line(), "updown", "demo XE phase.*--preset=demo --only=phase"),
+    ],
+)
+def test_demo_reference_json_mistakes_are_named(tmp_path, text, preset, match):
+    path = tmp_path / "reference_demo.json"
+    path.write_text(text)
+    with pytest.raises(bench.errors.BadInput, match=match) as err:
+        bench.load_reference(str(path), preset, 10, bench.machine()["cpu"], phase_steps=1251)
+    assert str(path) in str(err.value)

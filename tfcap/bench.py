@@ -32,9 +32,11 @@ Each model variant runs in a fresh process, one at a time; its peak RSS is the
 peak memory of that process (model, optimizer, compiled step and data).
 
 Reference: `--reference_json` takes the JSON line of the PyTorch Up-Down
-reference's benchmark (../shared/reference/bench_updown_torch.py, updown sizes,
-10 images x 5 captions), measured on this machine just before (see
-scripts/bench_vs_reference.sh). The tables then show its figures beside
+reference, measured on this machine just before (see scripts/bench_vs_reference.sh):
+with --preset=updown, its benchmark's (../shared/reference/bench_updown_torch.py,
+updown sizes, 10 images x 5 captions); with --preset=demo --only=phase, its whole
+demo XE phase on the same data (scripts/reference_demo_phase.py, key
+`demo_xe_phase_images_per_s`). The tables then show its figures beside
 tfcap's and their ratios; no figure measured elsewhere is used.
 """
 
@@ -61,8 +63,9 @@ _ONLY = flags.DEFINE_list("only", list(DEFAULT_BENCHMARKS), f"Benchmarks to run,
 _REFERENCE_JSON = flags.DEFINE_string(
     "reference_json",
     None,
-    "The JSON line of ../shared/reference/bench_updown_torch.py run on this machine (updown "
-    "preset, batch 10): its figures and the ratios go beside tfcap's.",
+    "The reference's JSON line, measured on this machine: of ../shared/reference/"
+    "bench_updown_torch.py (--preset=updown, batch 10), or of scripts/reference_demo_phase.py "
+    "(--preset=demo --only=phase). Its figures and the ratios go beside tfcap's.",
 )
 _DEVICE = flags.DEFINE_string(
     "device", "", "Device of the model benchmarks, e.g. /CPU:0 or /GPU:0 (default: TF's choice)."
@@ -81,7 +84,9 @@ _VARIANTS = flags.DEFINE_bool(
 for _name in ("data_dir", "batch_size", "preset"):
     flags.declare_key_flag(_name)  # shared flags (tfcap.cli_flags) in --helpshort
 
-# Speed targets as ratios (reference / tfcap, same run); input: records/s over consumption.
+# Speed targets as ratios of the same run, tfcap's speed over the reference's: reference s /
+# tfcap s per step or image; the demo phase tfcap images/s / reference images/s. input:
+# records/s over consumption.
 TARGETS = {
     "xe_vs_reference": 2.5,
     "scst_vs_reference": 2.5,
@@ -101,11 +106,20 @@ _REFERENCE_KEYS = {
 }
 
 
-def load_reference(path: str, preset: str, batch_size: int, cpu: str) -> dict:
+_DEMO_KEY = "demo_xe_phase_images_per_s"  # scripts/reference_demo_phase.py's figure
+
+
+def load_reference(
+    path: str, preset: str, batch_size: int, cpu: str, phase_steps: int | None = None
+) -> dict:
     """The reference's figures from its benchmark JSON at `path`, checked comparable.
 
-    Raises `errors.BadInput` naming the file when it is not that JSON, was measured
-    at another batch or on another CPU, or `--preset` is not the reference's updown.
+    With --preset=updown the line of bench_updown_torch.py (XE and SCST step, decoding);
+    with --preset=demo that of scripts/reference_demo_phase.py (`demo_xe_phase_images_per_s`,
+    a whole demo XE phase of `phase_steps` steps, when given, at the demo's batch).
+
+    Raises `errors.BadInput` naming the file when it is not that JSON, lacks the
+    figures of `preset`, was measured on another CPU or at another batch or length.
     """
     try:
         with errors.open_input(path, encoding="utf-8") as f:
@@ -119,32 +133,62 @@ def load_reference(path: str, preset: str, batch_size: int, cpu: str) -> dict:
         raise errors.BadInput(
             f"--reference_json={path}: not the reference's JSON line ({e})"
         ) from None
-    if preset != "updown":
-        raise errors.BadInput(
-            f"--reference_json={path}: the reference runs the updown sizes; --preset={preset}"
-        )
-    if raw.get("images") != batch_size:
-        raise errors.BadInput(
-            f"--reference_json={path}: measured at {raw.get('images')} images per batch; "
-            f"run with --batch_size={raw.get('images')}"
-        )
     if raw.get("cpu") and raw["cpu"] != cpu:
         raise errors.BadInput(
             f"--reference_json={path}: measured on {raw['cpu']!r}, this is {cpu!r}; "
             "ratios need both on one machine in one run"
         )
     ref = {"cpu": raw.get("cpu"), "torch": raw.get("torch"), "threads": raw.get("threads")}
+    if preset == "demo":
+        return {**ref, **_demo_reference(path, raw, phase_steps)}
+    if preset != "updown":
+        raise errors.BadInput(
+            f"--reference_json={path}: the reference runs the updown sizes; --preset={preset}"
+        )
+    if _DEMO_KEY in raw:
+        raise errors.BadInput(
+            f"--reference_json={path}: the reference's demo XE phase "
+            "(scripts/reference_demo_phase.py); compare it with --preset=demo --only=phase"
+        )
+    if raw.get("images") != batch_size:
+        raise errors.BadInput(
+            f"--reference_json={path}: measured at {raw.get('images')} images per batch; "
+            f"run with --batch_size={raw.get('images')}"
+        )
     for key, (group, name, scale) in _REFERENCE_KEYS.items():
         value = raw.get(group, {}).get(name)
         if value is not None:
             ref[key] = value * scale
-    if "demo_xe_phase_images_per_s" in raw:
-        ref["demo_xe_phase_images_per_s"] = raw["demo_xe_phase_images_per_s"]
     if len(ref) == 3:
         raise errors.BadInput(
             f"--reference_json={path}: none of {sorted(n for _, n, _ in _REFERENCE_KEYS.values())}"
         )
     return ref
+
+
+def _demo_reference(path: str, raw: dict, phase_steps: int | None) -> dict:
+    """The demo-phase figures of the reference's JSON line `raw` (`load_reference`)."""
+    if _DEMO_KEY not in raw:
+        raise errors.BadInput(
+            f"--reference_json={path}: no {_DEMO_KEY!r}, the figure --preset=demo compares "
+            "(scripts/reference_demo_phase.py's line); bench_updown_torch.py's has none: "
+            "that reference runs the updown sizes"
+        )
+    batch = demo_batch_images()
+    if raw.get("batch_images") != batch:
+        raise errors.BadInput(
+            f"--reference_json={path}: a phase of {raw.get('batch_images')} images per step; "
+            f"the demo's is {batch} (configs/demo.flags)"
+        )
+    if phase_steps is not None and raw.get("steps") != phase_steps:
+        raise errors.BadInput(
+            f"--reference_json={path}: a phase of {raw.get('steps')} steps; "
+            f"run with --phase_steps={raw.get('steps')}"
+        )
+    out = {_DEMO_KEY: raw[_DEMO_KEY], "demo_xe_phase_steps": raw.get("steps")}
+    if raw.get("loop_images_per_s") is not None:
+        out["demo_xe_loop_images_per_s"] = raw["loop_images_per_s"]
+    return out
 
 
 def _bench_dataset_dir(tmp: str, images: int = 1000, shards: int = 4) -> str:
@@ -214,7 +258,16 @@ def bench_input(data_dir: str, batch_size: int, repeats: int) -> dict:
 
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEMO_FLAGS = os.path.join(_REPO, "configs", "demo.flags")
 _STEADY = re.compile(r"xe step (\d+)/\d+ .*\| ([\d.]+) img/s")
+
+
+def demo_batch_images() -> int:
+    """Images per step of the demo's training (configs/demo.flags' --batch_size)."""
+    if not os.path.exists(_DEMO_FLAGS):
+        raise errors.MissingInput(f"{_DEMO_FLAGS}: the phase benchmark needs the source tree")
+    with open(_DEMO_FLAGS, encoding="utf-8") as f:
+        return int(re.search(r"--batch_size=(\d+)", f.read())[1])
 
 
 def bench_phase(data_dir: str | None, steps: int, work: str, train_flags=()) -> dict:
@@ -222,9 +275,7 @@ def bench_phase(data_dir: str | None, steps: int, work: str, train_flags=()) -> 
 
     `train_flags`: more `tfcap.train` flags after the demo's (tests use a smaller split).
     """
-    flagfile = os.path.join(_REPO, "configs", "demo.flags")
-    if not os.path.exists(flagfile):
-        raise errors.MissingInput(f"{flagfile}: the phase benchmark needs the source tree")
+    flagfile, batch = _DEMO_FLAGS, demo_batch_images()
     env = {**os.environ, "PYTHONPATH": _REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if not data_dir:
         data_dir = os.path.join(work, "data")
@@ -247,8 +298,6 @@ def bench_phase(data_dir: str | None, steps: int, work: str, train_flags=()) -> 
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
-    with open(flagfile, encoding="utf-8") as f:
-        batch = int(re.search(r"--batch_size=(\d+)", f.read())[1])
     steady = [float(m[2]) for m in _STEADY.finditer(proc.stderr) if int(m[1]) > 1]
     return {
         "steps": steps,
@@ -460,10 +509,9 @@ def _derive(out: dict) -> None:
     bf16 = mb.DEFAULTS["xe"][1].name
     if mb.DEFAULT.name in xe and bf16 in xe:  # the float32 default and its bfloat16 twin
         res["xe"]["bfloat16_speedup_vs_float32"] = xe[mb.DEFAULT.name] / xe[bf16]
-    if "phase" in res and "demo_xe_phase_images_per_s" in ref:
-        res["phase"]["speedup_vs_reference"] = (
-            res["phase"]["images_per_s"] / ref["demo_xe_phase_images_per_s"]
-        )
+    if "phase" in res and _DEMO_KEY in ref:  # throughputs: tfcap / reference
+        res["phase"]["reference_images_per_s"] = ref[_DEMO_KEY]
+        res["phase"]["speedup_vs_reference"] = res["phase"]["images_per_s"] / ref[_DEMO_KEY]
     if "input" in res and "xe" in res:
         consumed = out["batch_images"] / _best(res["xe"]["variants"])["seconds"]
         res["input"]["xe_consumes_records_per_s"] = consumed
@@ -579,7 +627,9 @@ def table(out: dict) -> str:
             f"{p['seconds']:.0f} s = {p['images_per_s']:.1f} images/s (startup, input, logging, "
             f"validation, checkpoints included); steady {steady or float('nan'):.1f} img/s"
             + (
-                f"; reference / tfcap {_ratio(1 / p['speedup_vs_reference'])}"
+                f"; reference {p['reference_images_per_s']:.1f} images/s in the same run, "
+                f"tfcap / reference {_ratio(p['speedup_vs_reference'])} (target "
+                f"{_ratio(TARGETS['demo_phase_vs_reference'])})"
                 if "speedup_vs_reference" in p
                 else ""
             )
@@ -601,7 +651,10 @@ def main(argv):
     reference = None
     if _REFERENCE_JSON.value:
         cpu = machine()["cpu"]
-        reference = load_reference(_REFERENCE_JSON.value, preset, cli_flags.BATCH_SIZE.value, cpu)
+        steps = _PHASE_STEPS.value if "phase" in _ONLY.value else None
+        reference = load_reference(
+            _REFERENCE_JSON.value, preset, cli_flags.BATCH_SIZE.value, cpu, phase_steps=steps
+        )
     out = run(
         _ONLY.value,
         preset,

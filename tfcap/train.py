@@ -305,7 +305,9 @@ def _check_model_dir(model_dir: str, model) -> None:
         diff = {
             k: (old.get(k, defaults.get(k)), new.get(k))
             for k in set(old) | set(new)
-            if k not in ("name", "trainable", "dtype") and old.get(k, defaults.get(k)) != new.get(k)
+            # weight_init only draws fresh weights: a resume restores them all
+            if k not in ("name", "trainable", "dtype", "weight_init")
+            and old.get(k, defaults.get(k)) != new.get(k)
         }
         if diff:
             raise app.UsageError(

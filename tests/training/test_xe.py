@@ -170,6 +170,13 @@ def test_resume_refuses_a_different_model(shapes_dir, tmp_path):
         run_train(shapes_dir, tmp_path / "run", train_steps=3, text_attention="true")
 
 
+def test_resume_takes_another_weight_init(shapes_dir, tmp_path):
+    """weight_init only draws fresh weights, which a resume restores: not a different model."""
+    run_train(shapes_dir, tmp_path / "run", train_steps=3, weight_init="keras")
+    run_train(shapes_dir, tmp_path / "run", train_steps=5, weight_init="torch")
+    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt")).endswith("ckpt-5")
+
+
 def test_tensorboard_logs_training_and_validation(shapes_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
