@@ -9,6 +9,11 @@ LSTMs (`feature_embed`): on the demo data it raised test CIDEr from 1.484 ± 0.0
 to 1.587 ± 0.073 (250 scenes; 1.572 -> 1.709 on 1,000), 3 seeds, 1,251 XE steps
 (`python -m tfcap.experiments.quality`, README "Caption quality").
 
+All draw their first weights as PyTorch does for the same layers (`weight_init=
+"torch"`: word embeddings N(0, 1), kernels and biases uniform in +-1/sqrt(fan_in)),
+as the reference implementation starts: on the same runs it raised test CIDEr
+further to 1.832 ± 0.141 (1.910 ± 0.096 on 1,000), same seeds and steps.
+
 >>> sorted(PRESETS)
 ['demo', 'multiatt', 'updown']
 """
@@ -21,6 +26,7 @@ _UPDOWN = dict(
     text_attention=False,
     max_len=16,
     feature_embed=True,
+    weight_init="torch",
 )
 
 PRESETS = {
@@ -34,5 +40,6 @@ PRESETS = {
         text_attention=False,
         max_len=16,
         feature_embed=True,
+        weight_init="torch",
     ),
 }
