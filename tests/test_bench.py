@@ -111,13 +111,15 @@ def test_phase_benchmark_times_a_whole_training_run(shapes_dir, tmp_path):
         bench.run(["phase"], "updown", 10, repeats=1, variants=False)
 
 
+def _reference_header(name: str) -> dict:
+    """The keys both reference scripts start their line with, on this machine."""
+    return {"bench": name, "torch": "2.13.0+cpu", "threads": 2, "cpu": bench.machine()["cpu"]}
+
+
 def _reference_line(**overrides) -> str:
     """A line in the format of ../shared/reference/bench_updown_torch.py's output."""
     line = {
-        "bench": "self-critical.pytorch UpDown (CPU, random weights)",
-        "torch": "2.13.0+cpu",
-        "threads": 2,
-        "cpu": bench.machine()["cpu"],
+        **_reference_header("self-critical.pytorch UpDown (CPU, random weights)"),
         "images": 10,
         "ms": {"xe_train_step": 1898.0, "scst_step_ciderd_reward": 2257.0},
         "ms_per_image": {"greedy_decode": 19.7, "beam3_decode": 40.0, "beam5_decode": 64.7},
@@ -174,10 +176,7 @@ def test_reference_json_mistakes_are_named(tmp_path, text, preset, batch, match)
 def _demo_reference_line(drop=(), **overrides) -> str:
     """A line in the format of scripts/reference_demo_phase.py's output, without `drop`."""
     line = {
-        "bench": "self-critical.pytorch UpDown, demo XE phase (CPU)",
-        "torch": "2.13.0+cpu",
-        "threads": 2,
-        "cpu": bench.machine()["cpu"],
+        **_reference_header("self-critical.pytorch UpDown, demo XE phase (CPU)"),
         "steps": 1251,
         "batch_images": 20,
         "seconds": 625.5,
