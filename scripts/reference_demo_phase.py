@@ -74,7 +74,7 @@ def note(message: str) -> None:
 
 
 def cpu_model_name() -> str:
-    """The CPU's model name as tfcap.bench.machine() reads it (/proc/cpuinfo)."""
+    """The CPU's model name as tfcap.perf.timing.machine() reads it (/proc/cpuinfo)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)

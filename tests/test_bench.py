@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from tfcap import bench
-from tfcap.perf import flops, model_bench
+from tfcap import bench, errors
+from tfcap.perf import flops, model_bench, reference, report, timing, workloads
 
 
 def test_run_all_benchmarks_demo(shapes_dir):
@@ -42,7 +42,7 @@ def test_run_all_benchmarks_demo(shapes_dir):
     c = res["cider"]
     assert c["speedup_scst_reward"] == pytest.approx(c["scst_pycocoevalcap_s"] / c["scst_reward_s"])
     assert res["peak"]["float32_gflops"] > 0
-    text = bench.table(out)
+    text = report.table(out)
     for row in xe:
         assert row["variant"] in text
     assert "records/s" in text and "pycocoevalcap" in text
@@ -101,7 +101,7 @@ def test_flops_grow_with_every_size():
 
 def test_phase_benchmark_times_a_whole_training_run(shapes_dir, tmp_path):
     flags = ["--val_images=10", "--log_every=3", "--eval_every=6", "--checkpoint_every=6"]
-    p = bench.bench_phase(str(shapes_dir), 6, str(tmp_path), train_flags=flags)
+    p = workloads.bench_phase(str(shapes_dir), 6, str(tmp_path), train_flags=flags)
     assert p["steps"] == 6 and p["batch_images"] == 20
     assert p["images_per_s"] == pytest.approx(6 * 20 / p["seconds"])
     # The steady rate leaves startup and the first step out: above the whole-run rate.
@@ -113,7 +113,7 @@ def test_phase_benchmark_times_a_whole_training_run(shapes_dir, tmp_path):
 
 def _reference_header(name: str) -> dict:
     """The keys both reference scripts start their line with, on this machine."""
-    return {"bench": name, "torch": "2.13.0+cpu", "threads": 2, "cpu": bench.machine()["cpu"]}
+    return {"bench": name, "torch": "2.13.0+cpu", "threads": 2, "cpu": timing.machine()["cpu"]}
 
 
 def _reference_line(**overrides) -> str:
@@ -130,7 +130,7 @@ def _reference_line(**overrides) -> str:
 def test_reference_json_gives_same_run_ratios(tmp_path):
     path = tmp_path / "ref.json"
     path.write_text("timing xe ...\n" + _reference_line() + "\n")
-    ref = bench.load_reference(str(path), "updown", 10, bench.machine()["cpu"])
+    ref = reference.load_reference(str(path), "updown", 10, timing.machine()["cpu"])
     assert ref["xe_step_s"] == pytest.approx(1.898) and ref["beam5_ms"] == 64.7
     xe = {"variant": "a", "dtype": "float32", "seconds": 0.5, "peak_rss_mb": 1}
     decode = {"variant": "a", "peak_rss_mb": 1, "greedy_ms_per_image": 10.0}
@@ -144,12 +144,12 @@ def test_reference_json_gives_same_run_ratios(tmp_path):
             "decode": {"variants": [decode]},
         },
     }
-    bench._derive(out)
+    report.derive(out)
     assert out["results"]["xe"]["variants"][0]["speedup_vs_reference"] == pytest.approx(3.796)
     row = out["results"]["decode"]["variants"][0]
     assert row["greedy_speedup_vs_reference"] == pytest.approx(1.97)
     assert row["beam5_speedup_vs_reference"] == pytest.approx(2.0)
-    assert "3.80x" in bench.table({**out, "machine": {**bench.machine(), "tensorflow": "x"}})
+    assert "3.80x" in report.table({**out, "machine": {**timing.machine(), "tensorflow": "x"}})
 
 
 @pytest.mark.bad_input("benchmarks")
@@ -166,11 +166,11 @@ def test_reference_json_gives_same_run_ratios(tmp_path):
 def test_reference_json_mistakes_are_named(tmp_path, text, preset, batch, match):
     path = tmp_path / "ref.json"
     path.write_text(text)
-    with pytest.raises(bench.errors.BadInput, match=match) as err:
-        bench.load_reference(str(path), preset, batch, bench.machine()["cpu"])
+    with pytest.raises(errors.BadInput, match=match) as err:
+        reference.load_reference(str(path), preset, batch, timing.machine()["cpu"])
     assert str(path) in str(err.value)
-    with pytest.raises(bench.errors.MissingInput, match="--reference_json.*no such file"):
-        bench.load_reference(str(tmp_path / "absent.json"), "updown", 10, "cpu")
+    with pytest.raises(errors.MissingInput, match="--reference_json.*no such file"):
+        reference.load_reference(str(tmp_path / "absent.json"), "updown", 10, "cpu")
 
 
 def _demo_reference_line(drop=(), **overrides) -> str:
@@ -190,15 +190,15 @@ def _demo_reference_line(drop=(), **overrides) -> str:
 def test_demo_reference_json_gives_the_phase_ratio(tmp_path):
     path = tmp_path / "reference_demo.json"
     path.write_text("iter 100 (epoch 0) ...\n" + _demo_reference_line() + "\n")
-    ref = bench.load_reference(str(path), "demo", 10, bench.machine()["cpu"], phase_steps=1251)
+    ref = reference.load_reference(str(path), "demo", 10, timing.machine()["cpu"], phase_steps=1251)
     assert ref["demo_xe_phase_images_per_s"] == 40.0 and ref["demo_xe_loop_images_per_s"] == 41.7
     phase = {"steps": 1251, "batch_images": 20, "seconds": 417.0, "steady_images_per_s": 70.0}
     phase["images_per_s"] = 1251 * 20 / phase["seconds"]  # 60 images/s
     out = {"preset": "demo", "batch_images": 10, "reference": ref, "results": {"phase": phase}}
-    bench._derive(out)
+    report.derive(out)
     assert phase["speedup_vs_reference"] == pytest.approx(1.5)  # tfcap / reference images/s
     assert phase["reference_images_per_s"] == 40.0
-    text = bench.table({**out, "machine": {**bench.machine(), "tensorflow": "x"}})
+    text = report.table({**out, "machine": {**timing.machine(), "tensorflow": "x"}})
     assert "tfcap / reference 1.50x (target 1.50x)" in text
     assert "demo_xe_phase_images_per_s 40" in text
 
@@ -218,6 +218,6 @@ def test_demo_reference_json_gives_the_phase_ratio(tmp_path):
 def test_demo_reference_json_mistakes_are_named(tmp_path, text, preset, match):
     path = tmp_path / "reference_demo.json"
     path.write_text(text)
-    with pytest.raises(bench.errors.BadInput, match=match) as err:
-        bench.load_reference(str(path), preset, 10, bench.machine()["cpu"], phase_steps=1251)
+    with pytest.raises(errors.BadInput, match=match) as err:
+        reference.load_reference(str(path), preset, 10, timing.machine()["cpu"], phase_steps=1251)
     assert str(path) in str(err.value)

@@ -1,7 +1,9 @@
-"""Wall-clock medians, peak memory of a block, and this machine's matmul peak."""
+"""Wall-clock medians, peak memory of a block, this machine's matmul peak and its description."""
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import threading
 import time
@@ -73,3 +75,20 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> floa
     product().numpy()  # trace and warm up
     seconds = min(median_time(lambda: product().numpy(), 1, warmup=0) for _ in range(repeats))
     return 2 * n**3 / seconds / 1e9
+
+
+def machine() -> dict:
+    """CPU model, cores, memory and versions: where a figure was measured."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": model,
+        "cpu_count": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
