@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfcap.features import detector, images, serving, source
+from tfcap.features import detector, images, regions, serving, source
 
 bad_input = pytest.mark.bad_input("feature extraction")
 BUTD = detector.RegionPolicy("adaptive", min_regions=10, max_regions=100, threshold=0.2)
@@ -191,7 +191,7 @@ def test_few_surviving_proposals_give_fewer_rows_never_duplicates():
     parsed = {"raw_boxes": tf.constant(boxes), "raw_scores": tf.constant(scores)}
     parsed.update(boxes=parsed["raw_boxes"], scores=tf.reduce_max(scores, 1))
     for policy in (BUTD, detector.RegionPolicy("fixed", k=36)):
-        out = detector.choose_regions(parsed, policy)
+        out = regions.choose_regions(parsed, policy)
         chosen = out["boxes"].numpy()
         # per class one of the six survives (with the far box): at most 3 + 1 distinct rows
         assert 2 <= len(chosen) <= 4 and len({tuple(b) for b in chosen}) == len(chosen)
@@ -200,7 +200,7 @@ def test_few_surviving_proposals_give_fewer_rows_never_duplicates():
 
 def test_select_regions_on_final_detections_never_fills_with_suppressed_boxes(zoo, photo):
     dets = detector.Detector(zoo["zoo"])(photo)
-    chosen = detector.select_regions(dets.boxes, dets.scores, detector.RegionPolicy(k=100))
+    chosen = regions.select_regions(dets.boxes, dets.scores, detector.RegionPolicy(k=100))
     kept = dets.boxes[chosen]
     assert len(set(chosen.tolist())) == len(chosen) < len(dets.scores)
     assert all(iou(kept[i], kept[j]) <= 0.3 + 1e-6 for i in range(len(kept)) for j in range(i))
@@ -213,9 +213,9 @@ def test_adaptive_policy_counts_confident_boxes_within_bounds():
     scores = np.sort(rng.random(150))[::-1]
     for threshold, expected in ((0.5, int(np.sum(scores >= 0.5))), (0.99, 10), (0.0, 100)):
         policy = detector.RegionPolicy("adaptive", threshold=threshold)
-        chosen = detector.select_regions(boxes, scores, policy)
+        chosen = regions.select_regions(boxes, scores, policy)
         np.testing.assert_array_equal(chosen, np.arange(expected))
-    assert detector.select_regions(np.zeros((0, 4)), np.zeros(0), policy).shape == (0,)
+    assert regions.select_regions(np.zeros((0, 4)), np.zeros(0), policy).shape == (0,)
 
 
 def test_official_vision_outputs_are_normalised_by_image_info():
@@ -303,7 +303,7 @@ def test_region_extractor_pads_and_takes_detection_features(models, photo):
     assert np.all(out["boxes"][count:] == 0) and np.all(out["features"][count:] == 0)
     direct = detector.region_extractor(models["detector_features"], 30)(tf.constant(photo))
     dets = detector.Detector(models["detector_features"])(photo)
-    chosen = detector.select_regions(dets.boxes, dets.scores, detector.RegionPolicy(k=30))
+    chosen = regions.select_regions(dets.boxes, dets.scores, detector.RegionPolicy(k=30))
     n = int(direct["num_regions"])
     assert n == len(chosen)
     np.testing.assert_allclose(direct["features"][:n], dets.features[chosen], rtol=1e-6)

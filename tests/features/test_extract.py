@@ -16,7 +16,7 @@ from absl.testing import flagsaver
 from PIL import Image
 
 from tfcap.data import errors, pipeline, records
-from tfcap.features import detector, extract, images, source
+from tfcap.features import detector, extract, images, regions, source
 
 bad_input = pytest.mark.bad_input("feature extraction")
 
@@ -158,7 +158,7 @@ def test_adaptive_policy_counts(samples, models, zoo, tmp_path):
     det = detector.Detector(zoo["zoo"])
     for path, image_id in list(zip(paths, ids, strict=True))[:3]:  # the rule, by hand
         parsed = det.outputs(tf.constant(images.load_image(path)))
-        conf, _ = detector.proposal_confidence(parsed["raw_boxes"], parsed["raw_scores"], 0.3)
+        conf, _ = regions.proposal_confidence(parsed["raw_boxes"], parsed["raw_scores"], 0.3)
         conf = conf.numpy()
         assert counts[image_id] == np.clip(np.sum(conf >= 0.2), 10, 100)
         boxes = found[image_id][2]  # distinct proposals, none twice
@@ -175,7 +175,7 @@ def test_detection_features_skip_the_backbone(samples, models, zoo, tmp_path):
     config = source.ExtractorConfig(models["detector_features"])  # no backbone at all
     ((_, _, boxes, feats),) = _extract(paths, config, tmp_path).values()
     dets = detector.Detector(models["detector_features"])(images.load_image(paths[0]))
-    chosen = detector.select_regions(dets.boxes, dets.scores, config.policy)
+    chosen = regions.select_regions(dets.boxes, dets.scores, config.policy)
     np.testing.assert_allclose(feats, dets.features[chosen], rtol=1e-6)
     np.testing.assert_allclose(boxes, dets.boxes[chosen])
     with pytest.raises(ValueError, match="no detection_features: a backbone"):

@@ -2,7 +2,7 @@
 
 `RegionExtractor(config)` takes the same `source.ExtractorConfig` as `source.Extractor` and
 builds the same parts: the detector (`detector.Detector`, any contract, the same float-input
-rule), region choice (`detector.choose_regions`, the same policy), the backbone
+rule), region choice (`regions.choose_regions`, the same policy), the backbone
 (`pooling.Backbone`: handle or Keras application, the same preprocessing, sizes, signature and
 output) and ROI pooling (`crop_and_resize` on a `pool_size` grid, averaged). Images come in as
 encoded bytes and are decoded by `images.decode_in_graph` (EXIF orientation, alpha over white,

@@ -1,7 +1,7 @@
 """Image files -> `ImageRecord`s of detected regions: the extractor and the prepare source.
 
 `Extractor` chains the parts: decode (`images`, in threads), detect (`detector`, one image
-at a time: TF Hub detectors take a batch of one), choose regions (`detector.choose_regions`:
+at a time: TF Hub detectors take a batch of one), choose regions (`regions.choose_regions`:
 bottom-up-attention's rule over the proposals when the detector has them), and
 take each region's feature from the detector's `detection_features` or ROI-pool it from the
 backbone's feature map (`pooling`, one op per batch of images). Errors are per file: a file
