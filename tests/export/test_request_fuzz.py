@@ -24,7 +24,8 @@ from export_fixtures import MODEL_NAME
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from serving_server import ModelStore, ServingApp, batching_parameters, make_server, start_in_thread
+from serving_batching import batching_parameters
+from serving_server import ModelStore, ServingApp, make_server, start_in_thread
 
 pytest_plugins = ["export_fixtures"]
 bad_input = pytest.mark.bad_input("serving")

@@ -16,15 +16,9 @@ import time
 import numpy as np
 import pytest
 from export_fixtures import MODEL_NAME
-from serving_server import (
-    BatchScheduler,
-    ModelStore,
-    RequestError,
-    ServingApp,
-    batching_parameters,
-    load_model_config,
-    main,
-)
+from serving_batching import BatchScheduler, batching_parameters
+from serving_errors import RequestError
+from serving_server import ModelStore, ServingApp, load_model_config, main
 
 from export.client import ServingClient, ServingError
 
