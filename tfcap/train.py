@@ -186,14 +186,15 @@ _GAN_LR = flags.DEFINE_float(
 )
 _GAN_ALPHA = flags.DEFINE_float(
     "gan_alpha",
-    0.7,
-    "Reward r = alpha * D's p(human) + (1 - alpha) * evaluator.",
+    0.3,
+    "Reward r = alpha * D's p(human) + (1 - alpha) * evaluator. The default is the alpha "
+    "table's pick (README, Caption quality: 0, 0.1, 0.3, 0.5, 0.7 with spread scaling).",
     lower_bound=0,
     upper_bound=1,
 )
 _GAN_REWARD_SCALE = flags.DEFINE_enum(
     "gan_reward_scale",
-    "none",
+    "spread",
     ["none", "spread"],
     "spread: divide d and e by their within-image spread over the batch's samples before "
     "mixing them (terms on one scale; needs --baseline=mean); none: the raw terms.",

@@ -30,9 +30,9 @@ DISCRIMINATOR_JSON = "discriminator.json"
 
 @dataclasses.dataclass(frozen=True)
 class GanConfig:
-    alpha: float = 0.7
+    alpha: float = 0.3  # tfcap.train's defaults (the alpha table)
     evaluator: str = "cider"
-    reward_scale: str = "none"  # or "spread" (gan_reward)
+    reward_scale: str = "spread"  # or "none" (gan_reward)
     d_encoder: str = "lstm"
     d_hidden: int = 256
     d_learning_rate: float = 1e-3
