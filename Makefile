@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
-# pytest-xdist workers (by test file: module fixtures are built once); 1 runs serially.
+# pytest-xdist workers (by test file: module fixtures are built once); 0 runs serially.
 TEST_WORKERS ?= 2
 
 .PHONY: venv demo test lint bazel-test clean
@@ -27,7 +27,7 @@ lint: venv
 	$(PY) -m ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q --durations=15 $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 bazel-test: venv
 	bash .ci/bazel_test
